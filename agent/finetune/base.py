@@ -1,0 +1,130 @@
+"""What every fine-tuning agent shares: vector env, model, evaluation, logging, checkpoints and resume.
+
+A subclass writes its algorithm in `run()` (top to bottom, CleanRL style) and
+lists its own training state (optimizers, schedulers, ...) in
+`algorithm_state()` / `load_algorithm_state()`.
+"""
+
+import os
+import time
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from agent.finetune.episodes import EpisodeTracker, summarize
+from dppo.checkpoint import load_checkpoint, load_state_dict_checked, rng_state, save_checkpoint, set_rng_state
+from dppo.logging import MetricLogger
+from dppo.runtime import prepare_run_dir, resolve_resume, set_seed, wandb_config
+from env.vector import make_vector_env
+
+EVAL_SEED_OFFSET = 1_000_000
+
+
+class FinetuneAgent:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        set_seed(cfg.seed)
+        self.device = cfg.device
+        resume = resolve_resume(cfg.resume, os.path.dirname(cfg.logdir))
+        self.logdir = resume[1] if resume else cfg.logdir
+        self.n_envs = cfg.env.n_envs
+        self.act_steps = cfg.act_steps
+        self.venv = make_vector_env(
+            cfg.env_name, n_envs=self.n_envs, n_obs_steps=cfg.cond_steps, n_action_steps=cfg.act_steps,
+            normalization_path=cfg.normalization_path, device=self.device, asynchronous=cfg.env.asynchronous,
+            seed=cfg.seed, video_dir=os.path.join(self.logdir, "videos") if cfg.env.save_video else None,
+        )
+        self.model = hydra.utils.instantiate(cfg.model)
+        self.itr = 0
+        self.env_steps = 0
+        self.wall_time = 0.0
+        self.tracker = EpisodeTracker(self.n_envs, self.act_steps)
+        self.resume_path = resume[0] if resume else None
+
+    def start(self) -> None:
+        """Call at the end of a subclass's __init__: load the resumed state, open the run dir and logger."""
+        if self.resume_path is not None:
+            self.load(self.resume_path)
+        prepare_run_dir(self.logdir, self.cfg)
+        self.logger = MetricLogger(self.logdir, wandb_cfg=wandb_config(self.cfg),
+                                   config=OmegaConf.to_container(self.cfg), resume=self.resume_path is not None)
+        print(f"{type(self).__name__} on {self.cfg.env_name} with {self.n_envs} envs; run dir {self.logdir}")
+
+    # ---- environment -------------------------------------------------------------------------
+    def reset_envs(self) -> torch.Tensor:
+        """Reset every env with seeds derived from the iteration, so a resumed run sees the same episodes."""
+        self.tracker = EpisodeTracker(self.n_envs, self.act_steps)
+        return self.venv.reset(seed=self.cfg.seed + self.itr * self.n_envs)
+
+    def is_eval_iteration(self) -> bool:
+        return self.cfg.train.val_freq is not None and self.itr % self.cfg.train.val_freq == 0
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Deterministic sampling until every env has finished one episode; returns eval metrics.
+
+        The envs are reset with evaluation seeds first; the caller resets them again for training.
+        """
+        obs = self.venv.reset(seed=self.cfg.seed + EVAL_SEED_OFFSET + self.itr * self.n_envs)
+        tracker = EpisodeTracker(self.n_envs, self.act_steps)
+        episodes = {}
+        while len(episodes) < self.n_envs:
+            actions = self.model.sample({"state": obs}, deterministic=True).actions[:, : self.act_steps]
+            step = self.venv.step(actions)
+            for env, stats in tracker.update(step.reward, step.n_executed, step.terminated | step.truncated):
+                episodes.setdefault(env, stats)
+            obs = step.obs
+        return summarize(list(episodes.values()))
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def algorithm_state(self) -> dict:
+        raise NotImplementedError
+
+    def load_algorithm_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def save(self) -> None:
+        state = {
+            "itr": self.itr,
+            "env_steps": self.env_steps,
+            "wall_time": self.wall_time,
+            "model": self.model.state_dict(),
+            "algorithm": self.algorithm_state(),
+            "rng": rng_state(),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+        checkpoint_dir = os.path.join(self.logdir, "checkpoint")
+        if self.itr % self.cfg.train.save_model_freq == 0:
+            save_checkpoint(os.path.join(checkpoint_dir, f"state_{self.itr}.pt"), state)
+        save_checkpoint(os.path.join(checkpoint_dir, "last.pt"), state)
+
+    def load(self, path: str) -> None:
+        state = load_checkpoint(path)
+        load_state_dict_checked(self.model, state["model"], what=path)
+        self.load_algorithm_state(state["algorithm"])
+        set_rng_state(state["rng"])
+        self.itr, self.env_steps, self.wall_time = state["itr"], state["env_steps"], state["wall_time"]
+        print(f"Resumed from {path} at iteration {self.itr}")
+
+    def finish(self) -> None:
+        self.logger.plot({
+            "reward": ["train/episode_return", "eval/episode_return"],
+            "loss": ["train/loss"],
+            "pg_loss": ["train/pg_loss"],
+            "value_loss": ["train/value_loss"],
+        })
+        self.logger.close()
+        self.venv.close()
+
+
+class Timer:
+    """Wall-clock seconds since construction or the last `lap()`."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed

@@ -1,0 +1,54 @@
+"""Episode statistics of vectorized rollouts."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class EpisodeStats:
+    """One finished episode: return, length in simulator steps, best per-chunk reward / act_steps."""
+
+    episode_return: float
+    length: int
+    best_reward: float
+
+
+class EpisodeTracker:
+    """Accumulates per-env returns over chunk-steps and reports the episodes that finish."""
+
+    def __init__(self, n_envs: int, act_steps: int):
+        self.act_steps = act_steps
+        self.returns = np.zeros(n_envs)
+        self.lengths = np.zeros(n_envs, dtype=np.int64)
+        self.best = np.full(n_envs, -np.inf)
+
+    def update(self, rewards: torch.Tensor, n_executed: torch.Tensor,
+               episode_ends: torch.Tensor) -> list[tuple[int, EpisodeStats]]:
+        """rewards (N,) raw chunk rewards, n_executed (N,) simulator steps, episode_ends (N,) bool -> finished (env, stats)."""
+        rewards = rewards.cpu().numpy()
+        ends = episode_ends.cpu().numpy()
+        self.returns += rewards
+        self.lengths += n_executed.cpu().numpy()
+        self.best = np.maximum(self.best, rewards / self.act_steps)
+        finished = []
+        for env in np.flatnonzero(ends):
+            finished.append((int(env), EpisodeStats(float(self.returns[env]), int(self.lengths[env]),
+                                                    float(self.best[env]))))
+            self.returns[env], self.lengths[env], self.best[env] = 0.0, 0, -np.inf
+        return finished
+
+
+def summarize(episodes: list[EpisodeStats]) -> dict:
+    """Mean/std return, mean length and best reward of finished episodes (empty dict when none finished)."""
+    if not episodes:
+        return {"n_episodes": 0}
+    returns = np.array([e.episode_return for e in episodes])
+    return {
+        "episode_return": float(returns.mean()),
+        "episode_return_std": float(returns.std()),
+        "episode_length": float(np.mean([e.length for e in episodes])),
+        "best_reward": float(np.mean([e.best_reward for e in episodes])),
+        "n_episodes": len(episodes),
+    }

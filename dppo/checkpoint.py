@@ -1,0 +1,140 @@
+"""Saving, loading and resuming checkpoints.
+
+A run keeps its checkpoints in `<run_dir>/checkpoint/`: `state_<itr>.pt` for
+each saved iteration and `last.pt` for the most recent one, which is what a
+resumed run loads. Every file is written atomically, so a crash during a save
+leaves the previous checkpoint intact.
+"""
+
+import os
+import pickle
+import random
+import tempfile
+
+import numpy as np
+import torch
+
+ARCHITECTURE_FIX = (
+    "the checkpoint's architecture differs from the config: match the config's model dims to the checkpoint "
+    "or use another checkpoint"
+)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write `state` to `path` atomically (temporary file, fsync, rename); creates parent dirs."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        os.remove(tmp_path)
+        raise
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Read a checkpoint written by `save_checkpoint`; raises one-line errors for missing or corrupt files."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint {path} not found: check the path, or train first to create it.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        raise ValueError(
+            f"Checkpoint {path} is corrupt or unreadable ({_one_line(e)}): delete it or point to another checkpoint."
+        ) from e
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"Checkpoint {path} holds a {type(state).__name__}, not a dict of states: "
+            "point to a checkpoint saved by dppo."
+        )
+    return state
+
+
+def _one_line(error: Exception) -> str:
+    """`Type: first line of the message` of an exception."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def load_state_dict_checked(module: torch.nn.Module, state_dict: dict, what: str = "model") -> None:
+    """Load `state_dict` into `module` after checking that keys and shapes match, with a one-line error if not."""
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"The {what} checkpoint does not fit the {what}: missing keys {missing[:3]}"
+            f"{' ...' if len(missing) > 3 else ''}, unexpected keys {unexpected[:3]}"
+            f"{' ...' if len(unexpected) > 3 else ''}; {ARCHITECTURE_FIX}."
+        )
+    for key, value in expected.items():
+        loaded = state_dict[key]
+        if isinstance(value, torch.Tensor) and isinstance(loaded, torch.Tensor) and value.shape != loaded.shape:
+            raise ValueError(
+                f"The {what} checkpoint's '{key}' has shape {tuple(loaded.shape)} but the {what} expects "
+                f"{tuple(value.shape)}; {ARCHITECTURE_FIX}."
+            )
+    module.load_state_dict(state_dict)
+
+
+def checkpoint_dir(run_dir: str) -> str:
+    """`<run_dir>/checkpoint`."""
+    return os.path.join(run_dir, "checkpoint")
+
+
+def checkpoint_path(run_dir: str, itr: int) -> str:
+    """`<run_dir>/checkpoint/state_<itr>.pt`."""
+    return os.path.join(checkpoint_dir(run_dir), f"state_{itr}.pt")
+
+
+def last_checkpoint_path(run_dir: str) -> str:
+    """`<run_dir>/checkpoint/last.pt`, the checkpoint a resumed run starts from."""
+    return os.path.join(checkpoint_dir(run_dir), "last.pt")
+
+
+def find_resume_checkpoint(resume: str, run_dir_hint: str | None = None) -> str:
+    """Resolve `resume` to a checkpoint file.
+
+    `resume` is a `.pt` file or a run directory (whose `checkpoint/last.pt` is
+    used). A relative `resume` that does not exist from the working directory
+    is also looked up under `run_dir_hint` (e.g. the log root).
+    """
+    candidates = [resume]
+    if run_dir_hint is not None and not os.path.isabs(resume):
+        candidates.append(os.path.join(run_dir_hint, resume))
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+        if os.path.isdir(candidate) and os.path.isfile(last_checkpoint_path(candidate)):
+            return last_checkpoint_path(candidate)
+    raise FileNotFoundError(
+        f"Cannot resume from {resume!r}: tried {candidates}; give a checkpoint .pt file or a run directory "
+        "that holds checkpoint/last.pt."
+    )
+
+
+def rng_state() -> dict:
+    """States of python `random`, the numpy global RNG, torch CPU and (when available) all CUDA RNGs."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the RNG states captured by `rng_state`, so random streams continue where they stopped.
+
+    CUDA states are restored for the devices present in both the checkpoint and this machine.
+    """
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] is not None and torch.cuda.is_available():
+        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), device)

@@ -1,0 +1,76 @@
+"""Config helpers: OmegaConf resolvers and early validation with clear errors.
+
+Resolvers usable in YAML after `register_resolvers()`:
+- `${eval:'${horizon_steps} * ${action_dim}'}`: a Python arithmetic expression;
+- `${round_up:${x}}` / `${round_down:${x}}`: ceil / floor to an int;
+- `${data_dir:}` / `${log_dir:}`: roots of data and runs (see dppo/paths.py);
+- `${default_device:}`: 'cuda' when a GPU is visible, else 'cpu'.
+"""
+
+import math
+
+from omegaconf import DictConfig, OmegaConf
+
+from dppo.paths import data_dir, log_dir
+from dppo.runtime import default_device
+
+EVAL_NAMES = {"abs": abs, "int": int, "float": float, "max": max, "min": min, "round": round, "math": math}
+
+
+class ConfigError(ValueError):
+    """A config value is missing or invalid; the message names the fix."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise `ConfigError(message)` unless `condition` holds."""
+    if not condition:
+        raise ConfigError(message)
+
+
+def eval_expression(expression: str):
+    """Value of a config expression such as `'4 * 3 // 2'` (builtins limited to `EVAL_NAMES`)."""
+    try:
+        return eval(expression, {"__builtins__": {}}, dict(EVAL_NAMES))
+    except Exception as e:
+        raise ConfigError(
+            f"Cannot evaluate ${{eval:'{expression}'}} ({type(e).__name__}: {e}): "
+            "write a Python arithmetic expression of numbers and interpolations."
+        ) from e
+
+
+def register_resolvers() -> None:
+    """Register the `eval`, `round_up` and `round_down` resolvers (safe to call many times)."""
+    OmegaConf.register_new_resolver("eval", eval_expression, replace=True)
+    OmegaConf.register_new_resolver("round_up", lambda x: math.ceil(float(x)), replace=True)
+    OmegaConf.register_new_resolver("round_down", lambda x: math.floor(float(x)), replace=True)
+    OmegaConf.register_new_resolver("data_dir", data_dir, replace=True)
+    OmegaConf.register_new_resolver("log_dir", log_dir, replace=True)
+    OmegaConf.register_new_resolver("default_device", default_device, replace=True)
+
+
+def check_keys(cfg: DictConfig | dict, keys: list[str], where: str) -> None:
+    """Raise ConfigError naming the first of `keys` (dotted paths allowed) that is absent or `???` in `cfg`."""
+    if isinstance(cfg, dict):
+        cfg = OmegaConf.create(cfg)
+    absent = object()
+    for key in keys:
+        if OmegaConf.select(cfg, key, default=absent) is absent:
+            raise ConfigError(
+                f"{where} needs config key '{key}', which is missing: add '{key}' to the config "
+                f"or pass ++{key}=... on the command line."
+            )
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Checks run at start-up, before anything is built, each failing with one line that names the fix."""
+    check_keys(cfg, ["_target_", "seed", "device", "logdir"], where="Every config")
+    if "ft_denoising_steps" in cfg:
+        sampling_steps = cfg.ddim_steps if cfg.get("use_ddim") else cfg.denoising_steps
+        require(0 < cfg.ft_denoising_steps <= sampling_steps,
+                f"ft_denoising_steps={cfg.ft_denoising_steps} must be in 1..{sampling_steps} (the number of "
+                f"{'DDIM' if cfg.get('use_ddim') else 'denoising'} steps): lower ft_denoising_steps.")
+    if "act_steps" in cfg:
+        require(0 < cfg.act_steps <= cfg.horizon_steps,
+                f"act_steps={cfg.act_steps} must be in 1..horizon_steps ({cfg.horizon_steps}): lower act_steps.")
+    require(str(cfg.device).split(":")[0] in ("cpu", "cuda", "mps"),
+            f"device={cfg.device} is not a torch device: use device=cpu or device=cuda.")

@@ -1,0 +1,91 @@
+"""Min/max normalization of observations and actions to [-1, 1].
+
+The statistics are computed once from the demonstration dataset, saved beside
+it as `normalization.npz` (keys `obs_min`, `obs_max`, `action_min`,
+`action_max`), and used identically by pre-training, fine-tuning and
+evaluation: the env wrapper normalizes observations and un-normalizes actions
+with the very same object.
+"""
+
+import os
+
+import numpy as np
+import torch
+
+RANGE_EPS = 1e-6
+
+
+def _minmax_to_unit(x, low, high):
+    return 2.0 * (x - low) / (high - low + RANGE_EPS) - 1.0
+
+
+def _unit_to_minmax(x, low, high):
+    return (x + 1.0) / 2.0 * (high - low + RANGE_EPS) + low
+
+
+class MinMaxNormalizer:
+    """Maps observations and actions between their dataset range and [-1, 1].
+
+    Works on numpy arrays and torch tensors whose last dim is the feature dim
+    (obs: (..., Do), actions: (..., Da)).
+    """
+
+    KEYS = ("obs_min", "obs_max", "action_min", "action_max")
+
+    def __init__(self, obs_min, obs_max, action_min, action_max):
+        self.stats = {
+            "obs_min": np.asarray(obs_min, dtype=np.float32),
+            "obs_max": np.asarray(obs_max, dtype=np.float32),
+            "action_min": np.asarray(action_min, dtype=np.float32),
+            "action_max": np.asarray(action_max, dtype=np.float32),
+        }
+
+    @classmethod
+    def from_data(cls, states: np.ndarray, actions: np.ndarray) -> "MinMaxNormalizer":
+        """Statistics of states (N, Do) and actions (N, Da)."""
+        return cls(states.min(0), states.max(0), actions.min(0), actions.max(0))
+
+    @classmethod
+    def load(cls, path: str) -> "MinMaxNormalizer":
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"Normalization file {path} not found: it is written beside the dataset when the dataset is first "
+                "loaded; run pre-training on that dataset or point normalization_path to the right file."
+            )
+        with np.load(path) as data:
+            missing = [k for k in cls.KEYS if k not in data]
+            if missing:
+                raise ValueError(f"Normalization file {path} lacks {missing}: delete it and reload the dataset to rewrite it.")
+            return cls(*(data[k] for k in cls.KEYS))
+
+    def save(self, path: str) -> None:
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **self.stats)
+        os.replace(tmp, path)
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.stats["obs_min"].shape[-1])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.stats["action_min"].shape[-1])
+
+    def _bounds(self, kind: str, like):
+        low, high = self.stats[f"{kind}_min"], self.stats[f"{kind}_max"]
+        if isinstance(like, torch.Tensor):
+            return (torch.as_tensor(low, dtype=like.dtype, device=like.device),
+                    torch.as_tensor(high, dtype=like.dtype, device=like.device))
+        return low, high
+
+    def normalize_obs(self, obs):
+        return _minmax_to_unit(obs, *self._bounds("obs", obs))
+
+    def unnormalize_obs(self, obs):
+        return _unit_to_minmax(obs, *self._bounds("obs", obs))
+
+    def normalize_action(self, action):
+        return _minmax_to_unit(action, *self._bounds("action", action))
+
+    def unnormalize_action(self, action):
+        return _unit_to_minmax(action, *self._bounds("action", action))

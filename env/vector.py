@@ -1,0 +1,239 @@
+"""Vectorized envs as torch tensors on the run's device.
+
+A thin layer over gymnasium's vector envs (auto-reset in the same step, so the
+final observation of an ended episode comes back for bootstrapping). It adds
+what gymnasium lacks: counting simulator failures (see `SimulatorGuard`) and
+rebuilding the vector env when a worker process dies.
+"""
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from dppo.normalization import MinMaxNormalizer
+from env.gym_locomotion import gym_env_id, make_gym_env
+from env.wrappers.guard import SimulatorGuard
+from env.wrappers.multi_step import MultiStep
+from env.wrappers.normalization import NormalizeObsAction
+from env.wrappers.video import VideoRecorder, require_mp4_writer
+
+logger = logging.getLogger(__name__)
+
+# What gymnasium's AsyncVectorEnv raises when a worker process is gone:
+# BrokenPipeError when sending it the actions, ConnectionResetError or
+# EOFError when waiting for its answer.
+WORKER_DIED_ERRORS = (EOFError, BrokenPipeError, ConnectionResetError)
+
+
+@dataclass
+class VectorStep:
+    """One action chunk in every env; all tensors on the env's device.
+
+    obs:        (n_envs, To, Do) float32, next obs (already reset where an episode ended)
+    reward:     (n_envs,) float32, summed over the executed steps of the chunk
+    terminated: (n_envs,) bool
+    truncated:  (n_envs,) bool
+    final_obs:  (n_envs, To, Do) float32, last obs of the ended episode where one ended, else `obs`
+    n_executed: (n_envs,) int64, simulator steps run
+    sim_errors: (n_envs,) int64, simulator failures turned into truncations
+    """
+
+    obs: torch.Tensor
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    final_obs: torch.Tensor
+    n_executed: torch.Tensor
+    sim_errors: torch.Tensor
+
+
+def _per_env_info(info: dict, key: str, num_envs: int) -> np.ndarray:
+    """(num_envs,) int64 values of an info key, read from the ended episode's info where one ended."""
+    values = np.zeros(num_envs, dtype=np.int64)
+    for source in (info, info.get("final_info", {})):
+        if key in source:
+            mask = source[f"_{key}"]
+            values[mask] = source[key][mask]
+    return values
+
+
+class TorchVectorEnv:
+    """Steps `len(env_fns)` envs with action chunks and returns torch tensors on `device`.
+
+    Each env is a `MultiStep` env: observations (To, Do), actions (act_steps, Da).
+    With `asynchronous=True` every env runs in its own process; a dead worker
+    makes the whole vector env be rebuilt (counted in `n_worker_restarts`).
+    """
+
+    def __init__(
+        self,
+        env_fns: list[Callable[[], gym.Env]],
+        device: str | torch.device = "cpu",
+        asynchronous: bool = True,
+    ):
+        self.env_fns = list(env_fns)
+        self.device = torch.device(device)
+        self.asynchronous = asynchronous
+        self.num_envs = len(self.env_fns)
+        self._env = self._build()
+        self.single_observation_space = self._env.single_observation_space
+        self.single_action_space = self._env.single_action_space
+        self.n_sim_errors = 0
+        self.n_worker_restarts = 0
+        self._obs: np.ndarray | None = None  # (n_envs, To, Do), the obs the next actions act on
+
+    def _build(self) -> gym.vector.VectorEnv:
+        autoreset_mode = gym.vector.AutoresetMode.SAME_STEP
+        if self.asynchronous:
+            return gym.vector.AsyncVectorEnv(self.env_fns, shared_memory=True, autoreset_mode=autoreset_mode)
+        return gym.vector.SyncVectorEnv(self.env_fns, autoreset_mode=autoreset_mode)
+
+    def _tensor(self, x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        return torch.as_tensor(x).to(device=self.device, dtype=dtype)
+
+    def _vector_step(self, obs, reward, terminated, truncated, final_obs, n_executed, sim_errors) -> VectorStep:
+        """Numpy arrays (see `VectorStep`) -> tensors on the device."""
+        return VectorStep(
+            obs=self._tensor(obs, torch.float32),
+            reward=self._tensor(reward, torch.float32),
+            terminated=self._tensor(terminated, torch.bool),
+            truncated=self._tensor(truncated, torch.bool),
+            final_obs=self._tensor(final_obs, torch.float32),
+            n_executed=self._tensor(n_executed, torch.int64),
+            sim_errors=self._tensor(sim_errors, torch.int64),
+        )
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        """Resets all envs (env i gets seed + i). Returns obs (n_envs, To, Do) float32."""
+        obs, _ = self._env.reset(seed=seed)
+        self._obs = np.array(obs, dtype=np.float32)
+        return self._tensor(self._obs, torch.float32)
+
+    def step(self, actions: torch.Tensor | np.ndarray) -> VectorStep:
+        """actions: (n_envs, act_steps, Da), numpy or torch on any device."""
+        if self._obs is None:
+            raise RuntimeError("TorchVectorEnv.step called before reset(): call reset() first.")
+        if isinstance(actions, torch.Tensor):
+            actions = actions.detach().cpu().numpy()
+        actions = np.asarray(actions, dtype=np.float32)
+        expected_shape = (self.num_envs, *self.single_action_space.shape)
+        if actions.shape != expected_shape:
+            raise ValueError(f"Actions have shape {actions.shape}, expected (n_envs, act_steps, Da) = {expected_shape}.")
+        try:
+            obs, reward, terminated, truncated, info = self._env.step(actions)
+        except WORKER_DIED_ERRORS as exc:
+            if not self.asynchronous:
+                raise
+            return self._restart_after(exc)
+
+        obs = np.array(obs, dtype=np.float32)
+        final_obs = obs.copy()
+        ended = info.get("_final_obs", np.zeros(self.num_envs, dtype=bool))
+        for i in np.flatnonzero(ended):
+            final_obs[i] = info["final_obs"][i]
+        sim_errors = _per_env_info(info, "sim_error", self.num_envs)
+        self.n_sim_errors += int(sim_errors.sum())
+        self._obs = obs
+        n_executed = _per_env_info(info, "n_executed", self.num_envs)
+        return self._vector_step(obs, reward, terminated, truncated, final_obs, n_executed, sim_errors)
+
+    def _restart_after(self, exc: Exception) -> VectorStep:
+        """Rebuilds the vector env after a worker died; every episode ends truncated at the obs before the step."""
+        logger.warning("A vector env worker died (%r): rebuilding the vector env.", exc)
+        self._close_broken()
+        self._env = self._build()
+        self.n_worker_restarts += 1
+        final_obs = self._obs
+        obs, _ = self._env.reset()
+        self._obs = np.array(obs, dtype=np.float32)
+        zeros, ones = np.zeros(self.num_envs), np.ones(self.num_envs)
+        return self._vector_step(self._obs, zeros, zeros, ones, final_obs, zeros, zeros)
+
+    def _close_broken(self) -> None:
+        """Closes an async vector env with a dead worker.
+
+        `AsyncVectorEnv.close` would first wait for the pending step on the dead
+        pipe and raise again, so kill the workers and close the pipes here.
+        """
+        for process in self._env.processes:
+            if process.is_alive():
+                process.kill()
+        for pipe in self._env.parent_pipes:
+            if pipe is not None:
+                pipe.close()
+        for process in self._env.processes:
+            process.join()
+        self._env.closed = True
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def _make_env(
+    env_name: str,
+    n_obs_steps: int,
+    n_action_steps: int,
+    normalization_path: str | None,
+    seed: int | None,
+    video_dir: str | None,
+    max_video_episodes: int,
+) -> gym.Env:
+    env = make_gym_env(env_name, seed=seed, render_mode="rgb_array" if video_dir else None)
+    env = SimulatorGuard(env)
+    if video_dir:
+        env = VideoRecorder(env, video_dir, max_episodes=max_video_episodes)
+    if normalization_path:
+        env = NormalizeObsAction(env, MinMaxNormalizer.load(normalization_path))
+    return MultiStep(env, n_obs_steps, n_action_steps)
+
+
+def make_env_fn(
+    env_name: str,
+    n_obs_steps: int,
+    n_action_steps: int,
+    normalization_path: str | None = None,
+    seed: int | None = None,
+    video_dir: str | None = None,
+    max_video_episodes: int = 1,
+) -> Callable[[], gym.Env]:
+    """A picklable function that builds one env inside a worker:
+    raw env -> SimulatorGuard -> [VideoRecorder] -> [NormalizeObsAction] -> MultiStep."""
+    return functools.partial(
+        _make_env, env_name, n_obs_steps, n_action_steps, normalization_path, seed, video_dir, max_video_episodes
+    )
+
+
+def make_vector_env(
+    env_name: str,
+    n_envs: int,
+    n_obs_steps: int,
+    n_action_steps: int,
+    normalization_path: str | None = None,
+    device: str | torch.device = "cpu",
+    asynchronous: bool = True,
+    seed: int = 0,
+    video_dir: str | None = None,
+) -> TorchVectorEnv:
+    """`n_envs` locomotion envs (env i seeded with seed + i); only env 0 records video."""
+    gym_env_id(env_name)
+    if normalization_path:
+        MinMaxNormalizer.load(normalization_path)
+    if video_dir:
+        require_mp4_writer()
+    env_fns = [
+        make_env_fn(
+            env_name,
+            n_obs_steps,
+            n_action_steps,
+            normalization_path=normalization_path,
+            seed=seed + i,
+            video_dir=video_dir if i == 0 else None,
+        )
+        for i in range(n_envs)
+    ]
+    return TorchVectorEnv(env_fns, device=device, asynchronous=asynchronous)

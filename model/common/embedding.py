@@ -1,0 +1,23 @@
+"""Sinusoidal embedding of the denoising step."""
+
+import math
+
+import torch
+from torch import nn
+
+
+class SinusoidalPosEmb(nn.Module):
+    """t: (B,) integer or float steps -> (B, dim) [sin(t w_i), cos(t w_i)], w_i = 10000^(-i/(dim/2-1))."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        if dim % 2 != 0 or dim < 4:
+            raise ValueError(f"SinusoidalPosEmb needs an even dim >= 4, got {dim}.")
+        self.dim = dim
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        scale = math.log(10000) / (half - 1)
+        freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -scale)
+        angles = t.float()[:, None] * freqs[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)

@@ -1,0 +1,71 @@
+"""Gaussian MLP policy over action chunks: the behaviour-cloning comparison of the diffusion policy."""
+
+import torch
+from torch import nn
+
+from model.common.mlp import make_mlp
+from model.diffusion.diffusion import Sample
+
+
+class GaussianMLP(nn.Module):
+    """Mean of the whole chunk from the flattened observations, and a std (fixed or learned per dim).
+
+    cond["state"]: (B, To, Do) -> mean (B, Ta, Da), std (B, Ta, Da)
+    """
+
+    def __init__(self, action_dim: int, horizon_steps: int, cond_dim: int, mlp_dims: list[int] = (256, 256, 256),
+                 activation: str = "Mish", residual_style: bool = True, use_layernorm: bool = False,
+                 tanh_output: bool = True, fixed_std: float | None = 0.1, std_min: float = 0.01,
+                 std_max: float = 1.0):
+        super().__init__()
+        self.action_dim = action_dim
+        self.horizon_steps = horizon_steps
+        self.mean_net = make_mlp(cond_dim, mlp_dims, horizon_steps * action_dim, residual=residual_style,
+                                 activation=activation, out_activation="Tanh" if tanh_output else "Identity",
+                                 use_layernorm=use_layernorm)
+        self.fixed_std = fixed_std
+        self.std_min = std_min
+        self.std_max = std_max
+        if fixed_std is None:
+            self.log_std = nn.Parameter(torch.full((horizon_steps, action_dim), -1.0))
+
+    def forward(self, cond: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        state = cond["state"]
+        mean = self.mean_net(state.reshape(state.shape[0], -1)).view(-1, self.horizon_steps, self.action_dim)
+        if self.fixed_std is not None:
+            std = torch.full_like(mean, self.fixed_std)
+        else:
+            std = self.log_std.exp().clamp(self.std_min, self.std_max).expand_as(mean)
+        return mean, std
+
+
+class GaussianModel(nn.Module):
+    """Policy surface shared with DiffusionModel: `loss(actions, cond)` and `sample(cond, deterministic)`."""
+
+    def __init__(self, network: GaussianMLP, horizon_steps: int, obs_dim: int, action_dim: int, cond_steps: int = 1,
+                 randn_clip_value: float = 10.0, final_action_clip_value: float | None = 1.0, device: str = "cpu"):
+        super().__init__()
+        self.network = network
+        self.horizon_steps = horizon_steps
+        self.obs_dim = obs_dim
+        self.action_dim = action_dim
+        self.cond_steps = cond_steps
+        self.randn_clip_value = randn_clip_value
+        self.final_action_clip_value = final_action_clip_value
+        self.to(device)
+
+    def loss(self, actions: torch.Tensor, cond: dict) -> torch.Tensor:
+        """Negative log-likelihood of the demonstrated chunks, averaged over elements. actions: (B, Ta, Da)."""
+        mean, std = self.network(cond)
+        return -torch.distributions.Normal(mean, std).log_prob(actions).mean()
+
+    @torch.no_grad()
+    def sample(self, cond: dict, deterministic: bool = False) -> Sample:
+        """Action chunks (B, Ta, Da): the mean when deterministic, else mean + std * clipped unit noise."""
+        mean, std = self.network(cond)
+        actions = mean
+        if not deterministic:
+            actions = mean + std * torch.randn_like(mean).clamp(-self.randn_clip_value, self.randn_clip_value)
+        if self.final_action_clip_value is not None:
+            actions = actions.clamp(-self.final_action_clip_value, self.final_action_clip_value)
+        return Sample(actions=actions)

@@ -1,0 +1,33 @@
+"""dppo: Diffusion Policy Policy Optimization in pure PyTorch."""
+
+from setuptools import find_packages, setup
+
+GYM = ["gymnasium==1.4.*", "mujoco==3.8.0"]
+ROBOMIMIC = ["robosuite==1.5.2", "mujoco==3.8.0", "h5py>=3.8"]
+DATA = ["stable-baselines3>=2.3", "h5py>=3.8"]
+DEV = ["pytest>=8", "h5py>=3.8"]
+
+setup(
+    name="dppo",
+    version="0.1.0",
+    description="Diffusion Policy Policy Optimization (Ren et al., ICLR 2025) in pure PyTorch",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dppo*", "agent*", "model*", "env*"]),
+    install_requires=[
+        "torch>=2.13,<2.15",
+        "numpy>=1.24",
+        "hydra-core==1.3.*",
+        "omegaconf>=2.3",
+        "wandb>=0.17",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "imageio>=2.30",
+    ],
+    extras_require={
+        "gym": GYM,
+        "robomimic": ROBOMIMIC,
+        "data": DATA,
+        "dev": DEV,
+        "all": sorted(set(GYM + ROBOMIMIC + DATA + DEV)),
+    },
+)
