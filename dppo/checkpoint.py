@@ -61,13 +61,17 @@ def _one_line(error: Exception) -> str:
 
 
 def load_state_dict_checked(module: torch.nn.Module, state_dict: dict, what: str = "model") -> None:
-    """Load `state_dict` into `module` after checking that keys and shapes match, with a one-line error if not."""
+    """Load `state_dict` into `module` after checking that keys and shapes match, with a one-line error if not.
+
+    `what` names the checkpoint in the error (usually its path).
+    """
+    module_name = type(module).__name__
     expected = module.state_dict()
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
     if missing or unexpected:
         raise ValueError(
-            f"The {what} checkpoint does not fit the {what}: missing keys {missing[:3]}"
+            f"Checkpoint {what} does not fit the {module_name}: missing keys {missing[:3]}"
             f"{' ...' if len(missing) > 3 else ''}, unexpected keys {unexpected[:3]}"
             f"{' ...' if len(unexpected) > 3 else ''}; {ARCHITECTURE_FIX}."
         )
@@ -75,7 +79,7 @@ def load_state_dict_checked(module: torch.nn.Module, state_dict: dict, what: str
         loaded = state_dict[key]
         if isinstance(value, torch.Tensor) and isinstance(loaded, torch.Tensor) and value.shape != loaded.shape:
             raise ValueError(
-                f"The {what} checkpoint's '{key}' has shape {tuple(loaded.shape)} but the {what} expects "
+                f"Checkpoint {what}: '{key}' has shape {tuple(loaded.shape)} but the {module_name} expects "
                 f"{tuple(value.shape)}; {ARCHITECTURE_FIX}."
             )
     module.load_state_dict(state_dict)
@@ -115,6 +119,25 @@ def find_resume_checkpoint(resume: str, run_dir_hint: str | None = None) -> str:
         f"Cannot resume from {resume!r}: tried {candidates}; give a checkpoint .pt file or a run directory "
         "that holds checkpoint/last.pt."
     )
+
+
+def resolve_resume(resume, name_dir: str) -> tuple[str, str] | None:
+    """Where a run resumes from: `resume` is null (fresh run), true (the latest run under `name_dir`
+    that has checkpoint/last.pt), or a run directory / checkpoint file.
+
+    Returns (checkpoint_path, run_dir), or None for a fresh run.
+    """
+    if resume is None or resume is False:
+        return None
+    if resume is True or str(resume).lower() == "true":
+        runs = sorted(os.listdir(name_dir)) if os.path.isdir(name_dir) else []
+        runs = [os.path.join(name_dir, run) for run in runs if os.path.isfile(last_checkpoint_path(os.path.join(name_dir, run)))]
+        if not runs:
+            raise FileNotFoundError(f"resume=true found no run with checkpoint/last.pt under {name_dir}: "
+                                    "start a fresh run or pass resume=<run dir>.")
+        return last_checkpoint_path(runs[-1]), runs[-1]
+    path = os.path.abspath(find_resume_checkpoint(str(resume), run_dir_hint=name_dir))
+    return path, os.path.dirname(os.path.dirname(path))
 
 
 def rng_state() -> dict:

@@ -4,11 +4,14 @@ Resolvers usable in YAML after `register_resolvers()`:
 - `${eval:'${horizon_steps} * ${action_dim}'}`: a Python arithmetic expression;
 - `${round_up:${x}}` / `${round_down:${x}}`: ceil / floor to an int;
 - `${data_dir:}` / `${log_dir:}`: roots of data and runs (see dppo/paths.py);
-- `${default_device:}`: 'cuda' when a GPU is visible, else 'cpu'.
+- `${default_device:}`: 'cuda' when a GPU is visible, else 'cpu';
+- `${now:%Y-%m-%d}`: the start time, as in Hydra.
 """
 
 import math
+from datetime import datetime
 
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from dppo.paths import data_dir, log_dir
@@ -43,6 +46,8 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("eval", eval_expression, replace=True)
     OmegaConf.register_new_resolver("round_up", lambda x: math.ceil(float(x)), replace=True)
     OmegaConf.register_new_resolver("round_down", lambda x: math.floor(float(x)), replace=True)
+    if not OmegaConf.has_resolver("now"):  # Hydra registers it only inside @hydra.main; compose() needs it too
+        OmegaConf.register_new_resolver("now", lambda pattern: datetime.now().strftime(pattern), use_cache=True)
     OmegaConf.register_new_resolver("data_dir", data_dir, replace=True)
     OmegaConf.register_new_resolver("log_dir", log_dir, replace=True)
     OmegaConf.register_new_resolver("default_device", default_device, replace=True)
@@ -69,8 +74,16 @@ def validate_config(cfg: DictConfig) -> None:
         require(0 < cfg.ft_denoising_steps <= sampling_steps,
                 f"ft_denoising_steps={cfg.ft_denoising_steps} must be in 1..{sampling_steps} (the number of "
                 f"{'DDIM' if cfg.get('use_ddim') else 'denoising'} steps): lower ft_denoising_steps.")
-    if "act_steps" in cfg:
+    if "act_steps" in cfg and "horizon_steps" in cfg:
         require(0 < cfg.act_steps <= cfg.horizon_steps,
                 f"act_steps={cfg.act_steps} must be in 1..horizon_steps ({cfg.horizon_steps}): lower act_steps.")
     require(str(cfg.device).split(":")[0] in ("cpu", "cuda", "mps"),
             f"device={cfg.device} is not a torch device: use device=cpu or device=cuda.")
+
+
+def startup_error_line(error: Exception) -> str:
+    """A start-up error as one line: type and first line of the root cause of a Hydra instantiation error."""
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines() or [""]
+    return f"{type(error).__name__}: {lines[0]}"

@@ -39,9 +39,9 @@ class WarmupCosineLR(torch.optim.lr_scheduler.LRScheduler):
             raise ValueError(
                 f"lr scheduler needs 0 <= min_lr <= max_lr, got min_lr={min_lr}, max_lr={max_lr}: fix them."
             )
-        if not 0 <= warmup_steps < first_cycle_steps:
+        if not 0 <= warmup_steps <= first_cycle_steps:
             raise ValueError(
-                f"lr scheduler needs 0 <= warmup_steps < first_cycle_steps, got warmup_steps={warmup_steps}, "
+                f"lr scheduler needs 0 <= warmup_steps <= first_cycle_steps, got warmup_steps={warmup_steps}, "
                 f"first_cycle_steps={first_cycle_steps}: lower warmup_steps or raise first_cycle_steps."
             )
         self.first_cycle_steps = first_cycle_steps

@@ -9,11 +9,12 @@ import os
 import sys
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dppo.config import register_resolvers, validate_config  # noqa: E402
+from dppo.config import ConfigError, register_resolvers, startup_error_line, validate_config  # noqa: E402
 
 register_resolvers()
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfg")
@@ -31,9 +32,13 @@ def check_task_overrides(argv: list[str]) -> None:
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="pre_diffusion_mlp")
 def main(cfg: DictConfig) -> None:
-    validate_config(cfg)
-    agent_cls = hydra.utils.get_class(cfg._target_)
-    agent_cls(cfg).run()
+    try:
+        validate_config(cfg)
+        agent = hydra.utils.get_class(cfg._target_)(cfg)
+    except (ConfigError, FileNotFoundError, ValueError, InstantiationException) as error:
+        sys.exit(startup_error_line(error))
+    agent.run()
+
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ def test_state_dict_round_trip_continues_the_sequence():
     "kwargs, match",
     [
         (dict(first_cycle_steps=10, warmup_steps=2, max_lr=1e-4, min_lr=1e-3), "min_lr <= max_lr"),
-        (dict(first_cycle_steps=10, warmup_steps=10, max_lr=1e-3, min_lr=1e-4), "warmup_steps < first_cycle_steps"),
-        (dict(first_cycle_steps=10, warmup_steps=-1, max_lr=1e-3, min_lr=1e-4), "warmup_steps < first_cycle_steps"),
+        (dict(first_cycle_steps=10, warmup_steps=11, max_lr=1e-3, min_lr=1e-4), "warmup_steps <= first_cycle_steps"),
+        (dict(first_cycle_steps=10, warmup_steps=-1, max_lr=1e-3, min_lr=1e-4), "warmup_steps <= first_cycle_steps"),
     ],
 )
 def test_invalid_arguments_raise(kwargs, match):
@@ -132,3 +132,11 @@ def test_reward_scaler_clips():
     scaler = RunningRewardScaler(n_envs=2, gamma=0.0, clip=0.5)
     out = scaler(torch.tensor([10.0, -10.0]), torch.tensor([False, False]))
     assert out.tolist() == [0.5, -0.5]
+
+
+def test_warmup_as_long_as_the_cycle_ends_at_min_lr():
+    optimizer, scheduler = make_scheduler(first_cycle_steps=1, warmup_steps=1, max_lr=1e-3, min_lr=1e-4)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)

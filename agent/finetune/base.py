@@ -12,10 +12,20 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from agent.eval.rollout import run_episodes
 from agent.finetune.episodes import EpisodeTracker, summarize
-from dppo.checkpoint import load_checkpoint, load_state_dict_checked, rng_state, save_checkpoint, set_rng_state
+from dppo.checkpoint import (
+    checkpoint_path,
+    last_checkpoint_path,
+    load_checkpoint,
+    load_state_dict_checked,
+    resolve_resume,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from dppo.logging import MetricLogger
-from dppo.runtime import prepare_run_dir, resolve_resume, set_seed, wandb_config
+from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from env.vector import make_vector_env
 
 EVAL_SEED_OFFSET = 1_000_000
@@ -60,22 +70,17 @@ class FinetuneAgent:
     def is_eval_iteration(self) -> bool:
         return self.cfg.train.val_freq is not None and self.itr % self.cfg.train.val_freq == 0
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
         """Deterministic sampling until every env has finished one episode; returns eval metrics.
 
         The envs are reset with evaluation seeds first; the caller resets them again for training.
         """
-        obs = self.venv.reset(seed=self.cfg.seed + EVAL_SEED_OFFSET + self.itr * self.n_envs)
-        tracker = EpisodeTracker(self.n_envs, self.act_steps)
-        episodes = {}
-        while len(episodes) < self.n_envs:
-            actions = self.model.sample({"state": obs}, deterministic=True).actions[:, : self.act_steps]
-            step = self.venv.step(actions)
-            for env, stats in tracker.update(step.reward, step.n_executed, step.terminated | step.truncated):
-                episodes.setdefault(env, stats)
-            obs = step.obs
-        return summarize(list(episodes.values()))
+        episodes = run_episodes(
+            self.venv, lambda obs: self.model.sample({"state": obs}, deterministic=True).actions,
+            n_episodes=self.n_envs, act_steps=self.act_steps,
+            seed=self.cfg.seed + EVAL_SEED_OFFSET + self.itr * self.n_envs,
+        )
+        return summarize(episodes)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def algorithm_state(self) -> dict:
@@ -94,10 +99,9 @@ class FinetuneAgent:
             "rng": rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
-        checkpoint_dir = os.path.join(self.logdir, "checkpoint")
         if self.itr % self.cfg.train.save_model_freq == 0:
-            save_checkpoint(os.path.join(checkpoint_dir, f"state_{self.itr}.pt"), state)
-        save_checkpoint(os.path.join(checkpoint_dir, "last.pt"), state)
+            save_checkpoint(checkpoint_path(self.logdir, self.itr), state)
+        save_checkpoint(last_checkpoint_path(self.logdir), state)
 
     def load(self, path: str) -> None:
         state = load_checkpoint(path)

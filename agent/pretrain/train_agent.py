@@ -14,10 +14,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from dppo.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dppo.checkpoint import (
+    checkpoint_dir,
+    checkpoint_path,
+    last_checkpoint_path,
+    load_checkpoint,
+    resolve_resume,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from dppo.ema import EMA
 from dppo.logging import MetricLogger
-from dppo.runtime import prepare_run_dir, resolve_resume, set_seed, wandb_config
+from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from dppo.schedulers import WarmupCosineLR
 
 
@@ -84,9 +93,8 @@ class PreTrainAgent:
             "rng": rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
-        checkpoint_dir = os.path.join(self.logdir, "checkpoint")
-        save_checkpoint(os.path.join(checkpoint_dir, f"state_{self.epoch}.pt"), state)
-        save_checkpoint(os.path.join(checkpoint_dir, "last.pt"), state)
+        save_checkpoint(checkpoint_path(self.logdir, self.epoch), state)
+        save_checkpoint(last_checkpoint_path(self.logdir), state)
 
     def load(self, path: str) -> None:
         state = load_checkpoint(path)
@@ -102,7 +110,7 @@ class PreTrainAgent:
         """Write checkpoint/policy.pt (EMA denoiser weights + model config only), and a copy at export_policy_path."""
         policy = {"network": self.ema.state_dict(), "model_config": OmegaConf.to_container(self.cfg.model, resolve=True),
                   "epoch": self.epoch}
-        save_checkpoint(os.path.join(self.logdir, "checkpoint", "policy.pt"), policy)
+        save_checkpoint(os.path.join(checkpoint_dir(self.logdir), "policy.pt"), policy)
         if self.cfg.get("export_policy_path"):
             save_checkpoint(self.cfg.export_policy_path, policy)
             print(f"Exported policy to {self.cfg.export_policy_path}")

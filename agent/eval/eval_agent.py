@@ -1,0 +1,75 @@
+"""Evaluate a policy checkpoint: mean/std return over parallel episodes, optional video.
+
+Works with every checkpoint the project writes; each carries the config of its model:
+- `policy.pt` of pre-training (EMA denoiser weights + `model_config`),
+- `state_<epoch>.pt` of pre-training (its EMA weights are evaluated),
+- `state_<itr>.pt` / `last.pt` of fine-tuning (the whole fine-tuned model).
+"""
+
+import json
+import os
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from agent.eval.rollout import run_episodes
+from agent.finetune.episodes import summarize
+from dppo.checkpoint import load_checkpoint, load_state_dict_checked
+from dppo.logging import MetricLogger
+from dppo.runtime import prepare_run_dir, set_seed, wandb_config
+from env.vector import make_vector_env
+
+
+def load_policy(path: str, device: str):
+    """Model of a checkpoint, built from the checkpoint's own model config, with its weights loaded."""
+    state = load_checkpoint(path)
+    if "model_config" in state:
+        model_cfg = state["model_config"]
+    elif "config" in state and "model" in state["config"]:
+        model_cfg = state["config"]["model"]
+    else:
+        raise ValueError(f"Checkpoint {path} carries no model config: evaluate a checkpoint written by this project.")
+    model_cfg = OmegaConf.create(model_cfg)
+    model_cfg.device = device
+    if "network_path" in model_cfg:
+        model_cfg.network_path = None  # the checkpoint holds every weight
+    model = hydra.utils.instantiate(model_cfg)
+    if "ema" in state:
+        load_state_dict_checked(model.network, state["ema"], what=path)
+    elif "network" in state:
+        load_state_dict_checked(model.network, state["network"], what=path)
+    else:
+        load_state_dict_checked(model, state["model"], what=path)
+    return model.eval(), model_cfg
+
+
+class EvalAgent:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        set_seed(cfg.seed)
+        self.model, model_cfg = load_policy(cfg.checkpoint_path, cfg.device)
+        self.venv = make_vector_env(
+            cfg.env_name, n_envs=cfg.env.n_envs, n_obs_steps=model_cfg.cond_steps, n_action_steps=cfg.act_steps,
+            normalization_path=cfg.normalization_path, device=cfg.device, asynchronous=cfg.env.asynchronous,
+            seed=cfg.seed, video_dir=os.path.join(cfg.logdir, "videos") if cfg.env.save_video else None,
+        )
+        prepare_run_dir(cfg.logdir, cfg)
+        self.logger = MetricLogger(cfg.logdir, wandb_cfg=wandb_config(cfg), config=OmegaConf.to_container(cfg))
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        episodes = run_episodes(
+            self.venv, lambda obs: self.model.sample({"state": obs}, deterministic=cfg.deterministic).actions,
+            n_episodes=cfg.n_episodes, act_steps=cfg.act_steps, seed=cfg.seed,
+        )
+        results = summarize(episodes)
+        results["checkpoint_path"] = os.path.abspath(cfg.checkpoint_path)
+        results["deterministic"] = bool(cfg.deterministic)
+        self.logger.log({k: v for k, v in results.items() if isinstance(v, (int, float))}, step=0, prefix="eval")
+        with open(os.path.join(cfg.logdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"{results['n_episodes']} episodes: return {results['episode_return']:.1f} "
+              f"+- {results['episode_return_std']:.1f}; results in {cfg.logdir}/results.json")
+        self.logger.close()
+        self.venv.close()
+        return results

@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny Hopper-shaped dataset, Hydra config composition, and one thread for torch."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dppo.config import register_resolvers
+
+torch.set_num_threads(1)
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfg")
+
+# A tiny network for every config, so a whole run takes seconds on CPU.
+TINY_MODEL = [
+    "model.network.mlp_dims=[32,32,32]",
+    "wandb=null",
+    "device=cpu",
+]
+TINY_CRITIC = ["model.critic.mlp_dims=[32,32,32]"]
+
+
+def write_hopper_dataset(directory, n_episodes=4, length=30, seed=0):
+    """A Hopper-shaped dataset (obs 11, action 3) of smooth random episodes: directory/train.npz."""
+    rng = np.random.default_rng(seed)
+    steps = n_episodes * length
+    t = np.arange(steps)[:, None]
+    states = np.sin(0.1 * t + rng.normal(size=(1, 11))).astype(np.float32) + 1.25
+    actions = np.tanh(states[:, :3] + 0.1 * rng.normal(size=(steps, 3))).astype(np.float32)
+    os.makedirs(directory, exist_ok=True)
+    np.savez(os.path.join(directory, "train.npz"), states=states, actions=actions,
+             traj_lengths=np.full(n_episodes, length, dtype=np.int64))
+    return os.path.join(directory, "train.npz")
+
+
+def compose_config(config_name: str, overrides: list[str]):
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+@pytest.fixture
+def compose_cfg():
+    return compose_config

@@ -1,0 +1,72 @@
+"""GAE over chunk-steps: termination cuts the bootstrap, truncation bootstraps from V(final obs), discounts use t' - t."""
+
+import pytest
+import torch
+
+from agent.finetune.returns import compute_gae
+
+F, T = False, True
+
+
+def test_hand_computed_termination_and_truncation():
+    """gamma 0.9, lambda 0.8 (gamma * lambda = 0.72); columns are envs, rows steps."""
+    rewards = torch.tensor([[1.0, 0.5, 0.0], [2.0, -1.0, 0.0], [3.0, 2.0, 0.0], [4.0, 1.0, 1.0]])
+    values = torch.tensor([[0.5, 1.0, 0.0], [1.0, 2.0, 0.0], [1.5, 0.5, 0.0], [2.0, 1.5, 0.0]])
+    # env 0 terminates at step 1 (next value 0); env 1 is truncated at step 2 and bootstraps from V(final obs) = 3,
+    # not from V(first obs of the next episode) = 1.5; env 2 never ends; the last row bootstraps from V(last obs)
+    next_values = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.5, 0.0], [2.0, 3.0, 0.0], [2.5, 0.7, 10.0]])
+    episode_ends = torch.tensor([[F, F, F], [T, F, F], [F, T, F], [F, F, F]])
+    # env 0: deltas 1.4, 1.0, 3.3, 4.25 -> A3 = 4.25, A2 = 3.3 + 0.72 * 4.25, A1 = 1.0 (terminated), A0 = 1.4 + 0.72
+    # env 1: deltas 1.3, -2.55, 4.2, 0.13 -> A3 = 0.13, A2 = 4.2 (truncated, restarts), A1 = -2.55 + 0.72 * 4.2, ...
+    # env 2: deltas 0, 0, 0, 1 + 0.9 * 10 -> A_t = 10 * 0.72 ** (3 - t)
+    expected = torch.tensor([
+        [2.12, 1.64128, 3.73248],
+        [1.0, 0.474, 5.184],
+        [6.36, 4.2, 7.2],
+        [4.25, 0.13, 10.0],
+    ])
+    advantages = compute_gae(rewards, values, next_values, episode_ends, gamma=0.9, gae_lambda=0.8)
+    torch.testing.assert_close(advantages, expected)
+
+
+@pytest.mark.parametrize("end_step", [None, 1])
+def test_lambda_one_zero_values_is_discounted_return_from_t(end_step):
+    gamma = 0.9
+    rewards = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    zeros = torch.zeros(4, 1)
+    episode_ends = torch.zeros(4, 1, dtype=torch.bool)
+    episode_ends[-1] = True
+    if end_step is not None:
+        episode_ends[end_step] = True
+    advantages = compute_gae(rewards, zeros, zeros, episode_ends, gamma=gamma, gae_lambda=1.0)[:, 0]
+
+    episode_of = torch.cumsum(torch.cat([torch.zeros(1), episode_ends[:-1, 0].float()]), 0)
+    shifted, absolute = torch.zeros(4), torch.zeros(4)
+    for t in range(4):
+        for t2 in range(t, 4):
+            if episode_of[t2] == episode_of[t]:
+                shifted[t] += gamma ** (t2 - t) * rewards[t2, 0]
+                absolute[t] += gamma**t2 * rewards[t2, 0]
+    torch.testing.assert_close(advantages, shifted)
+    assert not torch.allclose(advantages, absolute), "the paper's printed gamma ** t weighting is not used"
+    if end_step is None:
+        torch.testing.assert_close(advantages, torch.tensor([8.146, 7.94, 6.6, 4.0]))
+    else:
+        torch.testing.assert_close(advantages, torch.tensor([2.8, 2.0, 6.6, 4.0]))
+
+
+def test_lambda_zero_gives_one_step_td_errors():
+    gen = torch.Generator().manual_seed(0)
+    rewards, values, next_values = (torch.randn(4, 3, generator=gen) for _ in range(3))
+    episode_ends = torch.rand(4, 3, generator=gen) < 0.3
+    advantages = compute_gae(rewards, values, next_values, episode_ends, gamma=0.99, gae_lambda=0.0)
+    torch.testing.assert_close(advantages, rewards + 0.99 * next_values - values)
+
+
+def test_inputs_are_not_modified():
+    rewards, values, next_values = torch.ones(3, 2), torch.zeros(3, 2), torch.ones(3, 2)
+    episode_ends = torch.tensor([[F, T], [F, F], [T, F]])
+    copies = [x.clone() for x in (rewards, values, next_values, episode_ends)]
+    compute_gae(rewards, values, next_values, episode_ends, gamma=0.9, gae_lambda=0.95)
+    for original, copy in zip((rewards, values, next_values, episode_ends), copies):
+        assert torch.equal(original, copy)

@@ -1,0 +1,160 @@
+"""End-to-end runs of the Hydra configs on CPU with tiny networks: pre-train, evaluate, fine-tune, resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import hydra
+import numpy as np
+import pytest
+from conftest import TINY_CRITIC, TINY_MODEL, compose_config, write_hopper_dataset
+
+from dppo.config import ConfigError, startup_error_line, validate_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIME_METRICS = {"train/env_steps_per_s", "train/rollout_time", "train/update_time", "train/eval_time",
+                "train/wall_time"}
+
+
+def run_config(config_name, overrides):
+    cfg = compose_config(config_name, overrides)
+    validate_config(cfg)
+    return hydra.utils.get_class(cfg._target_)(cfg).run()
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny diffusion policy pre-trained for 2 epochs on a tiny dataset: (dataset_dir, run_dir)."""
+    root = tmp_path_factory.mktemp("pretrain")
+    dataset_dir = root / "data"
+    write_hopper_dataset(dataset_dir)
+    run_dir = root / "run"
+    run_config("pre_diffusion_mlp", TINY_MODEL + [
+        f"dataset_dir={dataset_dir}", f"logdir={run_dir}", "train.n_epochs=2", "train.batch_size=16",
+        f"export_policy_path={dataset_dir}/pretrained/diffusion_mlp.pt",
+    ])
+    return dataset_dir, run_dir
+
+
+def finetune_overrides(dataset_dir, run_dir, n_train_itr):
+    return TINY_MODEL + TINY_CRITIC + [
+        f"dataset_dir={dataset_dir}", f"logdir={run_dir}", "env.n_envs=2", "env.asynchronous=false",
+        "train.n_steps=8", f"train.n_train_itr={n_train_itr}", "train.batch_size=8", "train.update_epochs=2",
+        "train.val_freq=2", "train.reset_at_iteration=true", "denoising_steps=10", "ft_denoising_steps=4",
+    ]
+
+
+def startup_error(config_name, overrides) -> str:
+    """The one line that script/run.py prints when this config fails at start-up."""
+    with pytest.raises(Exception) as info:
+        run_config(config_name, overrides)
+    return startup_error_line(info.value)
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_pretraining_writes_checkpoint_metrics_and_curve(pretrained):
+    dataset_dir, run_dir = pretrained
+    for path in ("checkpoint/state_2.pt", "checkpoint/last.pt", "checkpoint/policy.pt", "metrics.jsonl",
+                 "metrics.csv", "loss.png", "config.yaml"):
+        assert os.path.getsize(run_dir / path) > 0, path
+    assert (dataset_dir / "normalization.npz").exists()
+    assert (dataset_dir / "pretrained" / "diffusion_mlp.pt").exists()
+    assert [row["step"] for row in read_metrics(run_dir)] == [1, 2]
+
+
+def test_gaussian_pretraining_and_evaluation(tmp_path):
+    dataset_dir = tmp_path / "data"
+    write_hopper_dataset(dataset_dir)
+    run_config("pre_gaussian_mlp", TINY_MODEL + [
+        f"dataset_dir={dataset_dir}", f"logdir={tmp_path / 'run'}", "train.n_epochs=1", "train.batch_size=16",
+        f"export_policy_path={dataset_dir}/pretrained/gaussian_mlp.pt",
+    ])
+    results = run_config("eval_gaussian_mlp", [
+        "wandb=null", "device=cpu", f"dataset_dir={dataset_dir}", f"logdir={tmp_path / 'eval'}",
+        "env.n_envs=2", "env.asynchronous=false", "n_episodes=2",
+    ])
+    assert results["n_episodes"] == 2
+
+
+def test_evaluation_of_pretrained_policy(pretrained, tmp_path):
+    dataset_dir, _ = pretrained
+    results = run_config("eval_diffusion_mlp", [
+        "wandb=null", "device=cpu", f"dataset_dir={dataset_dir}", f"logdir={tmp_path}", "env.n_envs=2",
+        "env.asynchronous=false", "n_episodes=3",
+    ])
+    assert results["n_episodes"] == 4  # ceil(3 / 2) episodes in each of the 2 envs
+    assert np.isfinite(results["episode_return"])
+    assert json.load(open(tmp_path / "results.json"))["n_episodes"] == 4
+
+
+def test_finetuning_two_iterations(pretrained, tmp_path):
+    dataset_dir, _ = pretrained
+    run_config("ft_ppo_diffusion_mlp", finetune_overrides(dataset_dir, tmp_path, n_train_itr=2))
+    rows = read_metrics(tmp_path)
+    train = [r for r in rows if "train/pg_loss" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    assert train[-1]["train/env_steps"] > 0
+    assert any("eval/episode_return" in r for r in rows)
+    assert os.path.getsize(tmp_path / "curves.png") > 0
+    assert os.path.exists(tmp_path / "checkpoint" / "last.pt")
+
+
+def test_resume_reproduces_uninterrupted_run(pretrained, tmp_path):
+    dataset_dir, _ = pretrained
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_config("ft_ppo_diffusion_mlp", finetune_overrides(dataset_dir, straight, n_train_itr=4))
+    run_config("ft_ppo_diffusion_mlp", finetune_overrides(dataset_dir, resumed, n_train_itr=2))
+    run_config("ft_ppo_diffusion_mlp", finetune_overrides(dataset_dir, tmp_path / "unused", n_train_itr=4)
+               + [f"resume={resumed}"])
+    assert not (tmp_path / "unused").exists()
+
+    def deterministic(rows):
+        return [{k: v for k, v in row.items() if k not in TIME_METRICS} for row in rows]
+
+    expected, actual = deterministic(read_metrics(straight)), deterministic(read_metrics(resumed))
+    assert [r["step"] for r in actual] == [r["step"] for r in expected]
+    for want, got in zip(expected, actual):
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), (want["step"], key)
+
+
+def test_finetuning_rejects_checkpoint_of_another_architecture(pretrained, tmp_path):
+    dataset_dir, _ = pretrained
+    overrides = finetune_overrides(dataset_dir, tmp_path, n_train_itr=1)
+    overrides[0] = "model.network.mlp_dims=[64,64,64]"
+    message = startup_error("ft_ppo_diffusion_mlp", overrides)
+    assert message.startswith("ValueError: Checkpoint ")
+    assert "'mlp.input_layer.weight' has shape (32, 39) but the DiffusionMLP expects (64, 39)" in message
+
+
+def test_ft_denoising_steps_above_denoising_steps_is_rejected_at_start_up():
+    cfg = compose_config("ft_ppo_diffusion_mlp", ["denoising_steps=10", "ft_denoising_steps=12"])
+    with pytest.raises(ConfigError, match="ft_denoising_steps=12 must be in 1..10"):
+        validate_config(cfg)
+
+
+def test_missing_dataset_names_the_command_that_makes_it(tmp_path):
+    message = startup_error("pre_diffusion_mlp", TINY_MODEL + [f"dataset_dir={tmp_path}", f"logdir={tmp_path / 'run'}"])
+    assert message.startswith("FileNotFoundError: Dataset ")
+    assert message.endswith("make it with `python script/dataset/make_gym_demos.py --task hopper`.")
+
+
+def test_dataset_of_another_task_is_rejected(pretrained, tmp_path):
+    dataset_dir, _ = pretrained
+    message = startup_error("pre_diffusion_mlp", TINY_MODEL + ["task=walker2d", f"dataset_dir={dataset_dir}",
+                                                               f"logdir={tmp_path}"])
+    assert "has obs dim 11 but the config says obs_dim=17" in message
+
+
+def test_unknown_task_gets_one_line():
+    result = subprocess.run([sys.executable, "script/run.py", "--config-name=pre_diffusion_mlp", "task=hoper"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip() == ("Unknown task 'hoper': use one of halfcheetah, hopper, walker2d "
+                                     "(configs in cfg/task/).")
