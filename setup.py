@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-GYM = ["gymnasium==1.4.*", "mujoco==3.8.0"]
+GYM = ["gymnasium==1.4.*", "mujoco==3.8.0", "imageio-ffmpeg>=0.5"]
 ROBOMIMIC = ["robosuite==1.5.2", "mujoco==3.8.0", "h5py>=3.8"]
 DATA = ["stable-baselines3>=2.3", "h5py>=3.8"]
 DEV = ["pytest>=8", "h5py>=3.8"]
