@@ -127,7 +127,10 @@ def test_q_posterior_matches_ddpm_formulas():
     coef_x0 = np.sqrt(abar_prev) * betas / (1 - abar)
     coef_xt = np.sqrt(1 - betas) * (1 - abar_prev) / (1 - abar)
     variance = betas * (1 - abar_prev) / (1 - abar)
-    as_b = lambda v: torch.as_tensor(v)[:, None, None]  # noqa: E731
+
+    def as_b(v):
+        return torch.as_tensor(v)[:, None, None]
+
     expected_mean = as_b(coef_x0) * x0.double() + as_b(coef_xt) * x_t.double()
     torch.testing.assert_close(mean.double(), expected_mean, rtol=1e-5, atol=1e-6)
     assert log_var.shape == x_t.shape
@@ -317,7 +320,6 @@ def test_residual_block_is_identity_plus_residual():
 
 # ---- behaviour cloning -----------------------------------------------------------------------
 def test_training_reduces_denoising_loss_tenfold():
-    torch.manual_seed(13)
     model = make_model(network=tiny_mlp((64, 64, 64)))
     n_chunks = 4
     actions = torch.rand(n_chunks, TA, DA) * 2 - 1

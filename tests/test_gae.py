@@ -1,4 +1,4 @@
-"""GAE over chunk-steps: termination cuts the bootstrap, truncation bootstraps from V(final obs), discounts use t' - t."""
+"""GAE over chunk-steps: termination cuts the bootstrap, truncation bootstraps from V(final obs), gamma^(t'-t)."""
 
 import pytest
 import torch

@@ -11,19 +11,17 @@ returns, the command).
 
     python script/dataset/convert_d4rl.py --input hopper-medium-v2.hdf5 --output-dir data/gym/hopper-medium-v2
 
-This file also holds the helpers that `convert_robomimic.py` shares
-(`ConversionError`, `summarize`, `provenance`, `write_dataset`,
-`positive_int`).
+This file also holds `ConversionError` and `positive_int`, which
+`convert_robomimic.py` shares; writing goes through `agent.dataset.writer`.
 """
 
 import argparse
-import json
 import os
-import shlex
 import sys
-import time
 
 import numpy as np
+
+from agent.dataset.writer import provenance, summarize, write_dataset
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 OPTIONAL_KEYS = ("timeouts",)
@@ -105,34 +103,7 @@ def convert_d4rl(arrays: dict, min_episode_length: int = 1, max_episodes: int | 
     }
 
 
-def summarize(data: dict) -> dict:
-    """Counts of project arrays for metadata.json, and the mean/std undiscounted episode return when
-    `rewards` (N,) exist."""
-    traj_lengths = data["traj_lengths"]
-    summary = {"n_episodes": int(len(traj_lengths)), "n_transitions": int(traj_lengths.sum())}
-    if "rewards" in data:
-        episode_starts = np.concatenate([[0], np.cumsum(traj_lengths)[:-1]])
-        returns = np.add.reduceat(data["rewards"].astype(np.float64), episode_starts)
-        summary.update(mean_return=float(returns.mean()), std_return=float(returns.std()))
-    return summary
 
-
-def provenance(script_file: str, argv: list[str]) -> dict:
-    """The shell command that ran `script_file` (a file of script/dataset) with `argv`, and when."""
-    command = shlex.join(["python", os.path.join("script", "dataset", os.path.basename(script_file)), *argv])
-    return {"command": command, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-
-def write_dataset(output_dir: str, data: dict, metadata: dict) -> str:
-    """Write `data` to `<output_dir>/train.npz` and `metadata` to `<output_dir>/metadata.json`; return the npz path."""
-    os.makedirs(output_dir, exist_ok=True)
-    dataset_path = os.path.join(output_dir, "train.npz")
-    np.savez_compressed(dataset_path, **data)
-    with open(os.path.join(output_dir, "metadata.json"), "w") as f:
-        json.dump(metadata, f, indent=2)
-    returns = f", mean return {metadata['mean_return']:.1f}" if "mean_return" in metadata else ""
-    print(f"wrote {dataset_path}: {metadata['n_episodes']} episodes, {metadata['n_transitions']} transitions{returns}")
-    return dataset_path
 
 
 def positive_int(text: str) -> int:

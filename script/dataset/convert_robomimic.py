@@ -21,7 +21,9 @@ import sys
 
 import h5py
 import numpy as np
-from convert_d4rl import ConversionError, positive_int, provenance, summarize, write_dataset
+from convert_d4rl import ConversionError, positive_int
+
+from agent.dataset.writer import provenance, summarize, write_dataset
 
 DEFAULT_OBS_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
 

@@ -14,7 +14,6 @@ episodes, seed, steps, library versions, the command).
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from agent.dataset.writer import provenance, summarize, write_dataset
 from dppo.paths import data_dir
 from env.gym_locomotion import D4RL_REFERENCE_RETURNS, gym_env_id
 
@@ -68,12 +68,12 @@ def roll_out(model, venv, task: str, n_transitions: int, seed: int) -> dict:
     """Roll out the stochastic policy until `n_transitions` steps of whole episodes are recorded."""
     env = gym.make(gym_env_id(task))
     low, high = env.action_space.low, env.action_space.high
-    states, actions, rewards, terminals, lengths, returns = [], [], [], [], [], []
+    states, actions, rewards, terminals, lengths = [], [], [], [], []
     episode = 0
     while sum(lengths) < n_transitions:
         obs, _ = env.reset(seed=seed + episode)
         episode += 1
-        done, length, total = False, 0, 0.0
+        done, length = False, 0
         while not done:
             policy_obs = venv.normalize_obs(obs[None].astype(np.float32))
             action, _ = model.predict(policy_obs, deterministic=False)
@@ -85,16 +85,13 @@ def roll_out(model, venv, task: str, n_transitions: int, seed: int) -> dict:
             terminals.append(terminated)
             obs, done = next_obs, terminated or truncated
             length += 1
-            total += reward
         lengths.append(length)
-        returns.append(total)
     return {
         "states": np.asarray(states, dtype=np.float32),
         "actions": np.asarray(actions, dtype=np.float32),
         "rewards": np.asarray(rewards, dtype=np.float32),
         "terminals": np.asarray(terminals, dtype=bool),
         "traj_lengths": np.asarray(lengths, dtype=np.int64),
-        "episode_returns": np.asarray(returns, dtype=np.float32),
     }
 
 
@@ -124,8 +121,6 @@ def main():
     venv.save(os.path.join(expert_dir, "vecnormalize.pkl"))
 
     data = roll_out(model, venv, args.task, args.n_transitions, seed=args.seed + 10_000)
-    returns = data.pop("episode_returns")
-    np.savez_compressed(os.path.join(out_dir, "train.npz"), **data)
 
     import mujoco
     import stable_baselines3
@@ -133,10 +128,7 @@ def main():
     metadata = {
         "task": args.task,
         "env_id": gym_env_id(args.task),
-        "n_transitions": int(data["states"].shape[0]),
-        "n_episodes": int(len(returns)),
-        "mean_return": float(returns.mean()),
-        "std_return": float(returns.std()),
+        **summarize(data),
         "d4rl_expert_return": expert_return,
         "target_return": target,
         "expert": {
@@ -155,13 +147,9 @@ def main():
             "torch": torch.__version__,
             "numpy": np.__version__,
         },
-        "command": "python " + " ".join(sys.argv),
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **provenance(__file__, sys.argv[1:]),
     }
-    with open(os.path.join(out_dir, "metadata.json"), "w") as f:
-        json.dump(metadata, f, indent=2)
-    print(f"wrote {out_dir}: {metadata['n_episodes']} episodes, mean return {metadata['mean_return']:.1f}")
-
+    write_dataset(out_dir, data, metadata)
 
 if __name__ == "__main__":
     main()
