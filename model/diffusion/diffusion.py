@@ -173,7 +173,7 @@ class DiffusionModel(nn.Module):
             if k == chain_steps - 1:
                 chain.append(x)
             k_batch = torch.full((batch,), k, device=self.device, dtype=torch.long)
-            mean, log_var = self.p_mean_var(x, k_batch, cond, network or self.denoiser_at(k), deterministic)
+            mean, log_var = self.p_mean_var(x, k_batch, cond, self.denoiser_at(k) if network is None else network, deterministic)
             std = self.sampling_std(log_var, k, deterministic)
             noise = torch.randn_like(x).clamp(-self.randn_clip_value, self.randn_clip_value)
             x = mean + std * noise

@@ -54,7 +54,8 @@ class FinetuneDiffusion(DiffusionModel):
         x_out = chains[:, 1:].reshape(batch * n_ft, self.horizon_steps, self.action_dim)
         k = torch.arange(n_ft - 1, -1, -1, device=chains.device).repeat(batch)
         cond_rep = {key: value.repeat_interleave(n_ft, dim=0) for key, value in cond.items()}
-        mean, log_var = self.p_mean_var(x_in, k, cond_rep, network or self.actor_ft, deterministic=False)
+        network = self.actor_ft if network is None else network
+        mean, log_var = self.p_mean_var(x_in, k, cond_rep, network, deterministic=False)
         std = (0.5 * log_var).exp().clamp(min=self.min_logprob_denoising_std)
         log_prob = torch.distributions.Normal(mean, std).log_prob(x_out)
         return log_prob.view(batch, n_ft, self.horizon_steps, self.action_dim)
