@@ -13,7 +13,7 @@ from conftest import TINY_CRITIC, TINY_MODEL, compose_config, write_hopper_datas
 from dppo.config import ConfigError, startup_error_line, validate_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIME_METRICS = {"train/env_steps_per_s", "train/rollout_time", "train/update_time", "train/eval_time",
+TIME_METRICS = {"train/env_steps_per_s", "train/rollout_time", "train/update_time", "eval/eval_time",
                 "train/wall_time"}
 
 

@@ -67,13 +67,27 @@ class FinetuneAgent:
         self.tracker = EpisodeTracker(self.n_envs, self.act_steps)
         return self.venv.reset(seed=self.cfg.seed + self.itr * self.n_envs)
 
-    def is_eval_iteration(self) -> bool:
-        return self.cfg.train.val_freq is not None and self.itr % self.cfg.train.val_freq == 0
+    def evaluate_and_log(self) -> bool:
+        """Every `val_freq` iterations (and before the first): evaluate, log `eval/*` and redraw the curves.
+
+        Returns whether it evaluated (the envs then need a reset).
+        """
+        val_freq = self.cfg.train.val_freq
+        if val_freq is None or self.itr % val_freq != 0:
+            return False
+        self.model.eval()
+        timer = Timer()
+        metrics = self.evaluate()
+        metrics["eval_time"] = timer.lap()
+        self.model.train()
+        self.logger.log(metrics, step=self.itr, prefix="eval")
+        self.plot_curves()
+        return True
 
     def evaluate(self) -> dict:
         """Deterministic sampling until every env has finished one episode; returns eval metrics.
 
-        The envs are reset with evaluation seeds first; the caller resets them again for training.
+        The envs are reset with evaluation seeds first.
         """
         episodes = run_episodes(
             self.venv, lambda obs: self.model.sample({"state": obs}, deterministic=True).actions,
@@ -111,13 +125,16 @@ class FinetuneAgent:
         self.itr, self.env_steps, self.wall_time = state["itr"], state["env_steps"], state["wall_time"]
         print(f"Resumed from {path} at iteration {self.itr}")
 
-    def finish(self) -> None:
+    def plot_curves(self) -> None:
         self.logger.plot({
             "reward": ["train/episode_return", "eval/episode_return"],
             "loss": ["train/loss"],
             "pg_loss": ["train/pg_loss"],
             "value_loss": ["train/value_loss"],
         })
+
+    def finish(self) -> None:
+        self.plot_curves()
         self.logger.close()
         self.venv.close()
 

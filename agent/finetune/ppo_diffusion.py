@@ -52,17 +52,12 @@ class PPODiffusionAgent(FinetuneAgent):
         cfg, train = self.cfg, self.cfg.train
         n_steps, n_envs, model = train.n_steps, self.n_envs, self.model
         obs = None
+        if self.itr == 0:
+            self.evaluate_and_log()  # the pre-trained policy
         while self.itr < train.n_train_itr:
             timer = Timer()
-            metrics = {}
-            if self.is_eval_iteration():
-                model.eval()
-                eval_metrics = self.evaluate()
-                self.logger.log(eval_metrics, step=self.itr, prefix="eval")
-                obs = None
             if obs is None or train.reset_at_iteration:
                 obs = self.reset_envs()
-            eval_time = timer.lap()
 
             # ---- rollout: n_steps chunk-steps in n_envs envs ----------------------------------
             obs_buffer = torch.zeros((n_steps, n_envs, *obs.shape[1:]), device=self.device)
@@ -99,13 +94,14 @@ class PPODiffusionAgent(FinetuneAgent):
                 scaled_rewards = reward_buffer * train.reward_scale_const
             n_samples = n_steps * n_envs
             obs_flat = obs_buffer.reshape(n_samples, *obs_buffer.shape[2:])
+            next_obs_flat = next_obs_buffer.reshape_as(obs_flat)
             chains_flat = chain_buffer.reshape(n_samples, *chain_buffer.shape[2:])
             with torch.no_grad():
                 values, next_values, old_log_probs = [], [], []
                 for idx in torch.arange(n_samples, device=self.device).split(train.batch_size):
                     cond = {"state": obs_flat[idx]}
                     values.append(model.critic(cond))
-                    next_values.append(model.critic({"state": next_obs_buffer.reshape_as(obs_flat)[idx]}))
+                    next_values.append(model.critic({"state": next_obs_flat[idx]}))
                     old_log_probs.append(model.reduced_log_probs(cond, chains_flat[idx]))
                 values = torch.cat(values).view(n_steps, n_envs)
                 next_values = torch.cat(next_values).view(n_steps, n_envs) * (~terminated_buffer)
@@ -115,7 +111,6 @@ class PPODiffusionAgent(FinetuneAgent):
             advantages, values = advantages.reshape(-1), values.reshape(-1)
 
             # ---- PPO epochs over minibatches of environment samples ---------------------------
-            model.train()
             update_actor = self.itr >= train.n_critic_warmup_itr
             history = {key: [] for key in ("loss", "pg_loss", "value_loss", "bc_loss", "approx_kl", "clipfrac",
                                            "ratio")}
@@ -147,10 +142,10 @@ class PPODiffusionAgent(FinetuneAgent):
             self.critic_lr_scheduler.step()
             update_time = timer.lap()
 
-            # ---- metrics, checkpoint -------------------------------------------------------------
+            # ---- metrics, evaluation, checkpoint ---------------------------------------------------
             self.itr += 1
-            self.wall_time += eval_time + rollout_time + update_time
-            metrics.update(summarize(episodes))
+            self.wall_time += rollout_time + update_time
+            metrics = summarize(episodes)
             metrics.update({key: float(np.mean(values_)) for key, values_ in history.items()})
             metrics.update({
                 "explained_variance": explained_variance(values, returns),
@@ -160,13 +155,14 @@ class PPODiffusionAgent(FinetuneAgent):
                 "env_steps_per_s": env_steps / rollout_time,
                 "rollout_time": rollout_time,
                 "update_time": update_time,
-                "eval_time": eval_time,
                 "wall_time": self.wall_time,
                 "sim_errors": sim_errors,
                 "worker_restarts": self.venv.n_worker_restarts,
                 "minibatch_updates": len(history["loss"]),
             })
             self.logger.log(metrics, step=self.itr, prefix="train")
+            if self.evaluate_and_log():
+                obs = None  # evaluation used the envs: the next iteration starts fresh episodes
             self.save()
         self.finish()
 
