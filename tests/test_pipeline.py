@@ -158,3 +158,23 @@ def test_unknown_task_gets_one_line():
     assert result.returncode != 0
     assert result.stderr.strip() == ("Unknown task 'hoper': use one of halfcheetah, hopper, walker2d "
                                      "(configs in cfg/task/).")
+
+
+def test_finetuning_options_ddim_bc_value_clipping_critic_warmup(pretrained, tmp_path):
+    dataset_dir, _ = pretrained
+    overrides = finetune_overrides(dataset_dir, tmp_path, n_train_itr=2) + [
+        "use_ddim=true", "ddim_steps=5", "ft_denoising_steps=5", "train.use_bc_loss=true", "train.bc_coef=0.1",
+        "model.clip_vloss_coef=0.2", "train.n_critic_warmup_itr=1", "train.max_grad_norm=1.0",
+        "train.reward_scale_running=false",
+    ]
+    cfg = compose_config("ft_ppo_diffusion_mlp", overrides)
+    agent = hydra.utils.get_class(cfg._target_)(cfg)
+    actor_before = [p.detach().clone() for p in agent.model.actor_ft.parameters()]
+    critic_before = [p.detach().clone() for p in agent.model.critic.parameters()]
+    agent.cfg.train.n_train_itr = 1
+    agent.run()
+    assert all(bool((a == b).all()) for a, b in zip(actor_before, agent.model.actor_ft.parameters())), \
+        "the actor must not step during critic warm-up"
+    assert any(bool((a != b).any()) for a, b in zip(critic_before, agent.model.critic.parameters()))
+    rows = [r for r in read_metrics(tmp_path) if "train/bc_loss" in r]
+    assert rows[-1]["train/bc_loss"] != 0

@@ -138,7 +138,8 @@ class PPODiffusionAgent(FinetuneAgent):
                         break
                 if stop:
                     break
-            self.actor_lr_scheduler.step()
+            if update_actor:
+                self.actor_lr_scheduler.step()
             self.critic_lr_scheduler.step()
             update_time = timer.lap()
 
