@@ -79,6 +79,7 @@ class FinetuneAgent:
         timer = Timer()
         metrics = self.evaluate()
         metrics["eval_time"] = timer.lap()
+        self.wall_time += metrics["eval_time"]
         self.model.train()
         self.logger.log(metrics, step=self.itr, prefix="eval")
         self.plot_curves()
