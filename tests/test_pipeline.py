@@ -60,7 +60,7 @@ def read_metrics(run_dir):
 def test_pretraining_writes_checkpoint_metrics_and_curve(pretrained):
     dataset_dir, run_dir = pretrained
     for path in ("checkpoint/state_2.pt", "checkpoint/last.pt", "checkpoint/policy.pt", "metrics.jsonl",
-                 "metrics.csv", "loss.png", "config.yaml"):
+                 "metrics.csv", "loss.png", "config.yaml", "versions.json"):
         assert os.path.getsize(run_dir / path) > 0, path
     assert (dataset_dir / "normalization.npz").exists()
     assert (dataset_dir / "pretrained" / "diffusion_mlp.pt").exists()
