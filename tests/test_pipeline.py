@@ -145,6 +145,13 @@ def test_missing_dataset_names_the_command_that_makes_it(tmp_path):
     assert message.endswith("make it with `python script/dataset/make_gym_demos.py --task hopper`.")
 
 
+def test_missing_pretrained_policy_names_the_command_that_makes_it(pretrained, tmp_path):
+    dataset_dir, _ = pretrained
+    overrides = finetune_overrides(dataset_dir, tmp_path, n_train_itr=1) + [f"base_policy_path={tmp_path}/none.pt"]
+    message = startup_error("ft_ppo_diffusion_mlp", overrides)
+    assert message.startswith(f"FileNotFoundError: Pre-trained policy {tmp_path}/none.pt not found: make it with `python")
+
+
 def test_dataset_of_another_task_is_rejected(pretrained, tmp_path):
     dataset_dir, _ = pretrained
     message = startup_error("pre_diffusion_mlp", TINY_MODEL + ["task=walker2d", f"dataset_dir={dataset_dir}",

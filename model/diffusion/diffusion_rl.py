@@ -9,6 +9,7 @@ sampled with std at least `min_sampling_denoising_std` when exploring.
 """
 
 import copy
+import os
 
 import torch
 from torch import nn
@@ -63,6 +64,11 @@ class FinetuneDiffusion(DiffusionModel):
 
 def pretrained_network_state(path: str) -> dict:
     """Denoiser weights of a pre-training checkpoint: its EMA weights, or `network` of a shipped policy file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Pre-trained policy {path} not found: make it with `python script/run.py --config-name=pre_diffusion_mlp "
+            f"task=<task> export_policy_path={path}`, or set base_policy_path."
+        )
     state = load_checkpoint(path)
     for key in ("ema", "network"):
         if key in state:
