@@ -1,0 +1,38 @@
+"""script/plot.py draws curves of several runs against iterations or environment steps."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "script"))
+
+from plot import env_steps_by_step  # noqa: E402
+
+
+def write_run(run_dir, rows):
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+ROWS = [
+    {"step": 0, "eval/episode_return": 10.0},
+    {"step": 1, "train/env_steps": 400.0, "train/episode_return": 12.0, "train/pg_loss": -0.1},
+    {"step": 2, "train/env_steps": 800.0, "train/episode_return": 15.0, "train/pg_loss": -0.2},
+    {"step": 2, "eval/episode_return": 20.0},
+]
+
+
+def test_env_steps_of_eval_rows_come_from_the_training_rows():
+    assert env_steps_by_step(ROWS) == {0: 0.0, 1: 400.0, 2: 800.0}
+
+
+def test_plot_of_two_runs_writes_a_png(tmp_path):
+    write_run(tmp_path / "a", ROWS)
+    write_run(tmp_path / "b", ROWS[:2])
+    out = tmp_path / "curves.png"
+    subprocess.run([sys.executable, "script/plot.py", str(tmp_path / "a"), str(tmp_path / "b"), "--x", "env_steps",
+                    "--out", str(out)], cwd=REPO, check=True, capture_output=True, timeout=120)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
