@@ -106,12 +106,13 @@ def test_finetuning_two_iterations(pretrained, tmp_path):
 
 def test_resume_reproduces_uninterrupted_run(pretrained, tmp_path):
     dataset_dir, _ = pretrained
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight, resumed = tmp_path / "straight", tmp_path / "runs" / "2026-01-01_00-00-00_42"
     run_config("ft_ppo_diffusion_mlp", finetune_overrides(dataset_dir, straight, n_train_itr=4))
     run_config("ft_ppo_diffusion_mlp", finetune_overrides(dataset_dir, resumed, n_train_itr=2))
-    run_config("ft_ppo_diffusion_mlp", finetune_overrides(dataset_dir, tmp_path / "unused", n_train_itr=4)
-               + [f"resume={resumed}"])
-    assert not (tmp_path / "unused").exists()
+    # resume=true continues the latest run beside the new run's logdir
+    unused = tmp_path / "runs" / "2026-01-01_00-10-00_42"
+    run_config("ft_ppo_diffusion_mlp", finetune_overrides(dataset_dir, unused, n_train_itr=4) + ["resume=true"])
+    assert not unused.exists()
 
     def deterministic(rows):
         return [{k: v for k, v in row.items() if k not in TIME_METRICS} for row in rows]
