@@ -18,6 +18,7 @@ from dppo.checkpoint import load_checkpoint, load_state_dict_checked
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from env.vector import make_vector_env
+from model.diffusion.diffusion_rl import denoiser_weights
 
 
 def load_policy(path: str, device: str):
@@ -34,10 +35,9 @@ def load_policy(path: str, device: str):
     if "network_path" in model_cfg:
         model_cfg.network_path = None  # the checkpoint holds every weight
     model = hydra.utils.instantiate(model_cfg)
-    if "ema" in state:
-        load_state_dict_checked(model.network, state["ema"], what=path)
-    elif "network" in state:
-        load_state_dict_checked(model.network, state["network"], what=path)
+    weights = denoiser_weights(state)
+    if weights is not None:
+        load_state_dict_checked(model.network, weights, what=path)
     else:
         load_state_dict_checked(model, state["model"], what=path)
     return model.eval(), model_cfg

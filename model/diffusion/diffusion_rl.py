@@ -69,9 +69,16 @@ def pretrained_network_state(path: str) -> dict:
             f"Pre-trained policy {path} not found: make it with `python script/run.py --config-name=pre_diffusion_mlp "
             f"task=<task> export_policy_path={path}`, or set base_policy_path."
         )
-    state = load_checkpoint(path)
+    weights = denoiser_weights(load_checkpoint(path))
+    if weights is not None:
+        return weights
+    raise ValueError(f"Checkpoint {path} holds neither 'ema' nor 'network' weights: point base_policy_path to a "
+                     "checkpoint written by pre-training (checkpoint/state_<epoch>.pt or policy.pt).")
+
+
+def denoiser_weights(state: dict) -> dict | None:
+    """The denoiser weights a pre-training checkpoint carries (`ema` of a state, `network` of a policy file), else None."""
     for key in ("ema", "network"):
         if key in state:
             return state[key]
-    raise ValueError(f"Checkpoint {path} holds neither 'ema' nor 'network' weights: point base_policy_path to a "
-                     "checkpoint written by pre-training (checkpoint/state_<epoch>.pt or policy.pt).")
+    return None
