@@ -69,6 +69,8 @@ def check_keys(cfg: DictConfig | dict, keys: list[str], where: str) -> None:
 def validate_config(cfg: DictConfig) -> None:
     """Checks run at start-up, before anything is built, each failing with one line that names the fix."""
     check_keys(cfg, ["_target_", "seed", "device", "logdir"], where="Every config")
+    if cfg.get("use_ddim"):
+        require(cfg.get("ddim_steps") is not None, "use_ddim=true needs ddim_steps: add ddim_steps=5 (or another count).")
     if "ft_denoising_steps" in cfg:
         sampling_steps = cfg.ddim_steps if cfg.get("use_ddim") else cfg.denoising_steps
         require(0 < cfg.ft_denoising_steps <= sampling_steps,

@@ -59,7 +59,8 @@ class RunningMeanStd:
     """Running mean and variance over batches (parallel algorithm of Chan et al.), in float64.
 
     `mean`, `var`: arrays of `shape`; `count` starts at `epsilon` with mean 0
-    and var 1, so the first batch is not divided by zero.
+    and var 1, so the first batch is not divided by zero. As in the reference
+    implementation, the pooled second moment M2 is divided by `count - 1`.
     """
 
     def __init__(self, shape: tuple = (), epsilon: float = 1e-4):
@@ -80,7 +81,7 @@ class RunningMeanStd:
         total = self.count + batch_count
         self.mean = self.mean + delta * batch_count / total
         m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.var = m2 / total
+        self.var = m2 / (total - 1)
         self.count = total
 
     def state_dict(self) -> dict:
@@ -95,9 +96,11 @@ class RunningMeanStd:
 class RunningRewardScaler:
     """Divides rewards by the running std of each env's discounted return, then clips (PPO reward scaling).
 
-    Per call: `ret = ret * gamma + reward`, the running statistics absorb
-    `ret`, `ret` restarts at 0 for envs whose episode ended, and the result is
-    `clip(reward / sqrt(var + epsilon), -clip, clip)`.
+    Called once per iteration on the whole rollout, as the reference does: the per-env
+    running returns `ret_t = r_t + gamma * (1 - first_t) * ret_{t-1}` of all T steps
+    form one statistics update, then every reward of the rollout is divided by that
+    one std: `clip(r / sqrt(var + epsilon), -clip, clip)`. The last running return of
+    each env carries over to the next call.
     """
 
     def __init__(self, n_envs: int, gamma: float, clip: float = 10.0, epsilon: float = 1e-8):
@@ -107,17 +110,23 @@ class RunningRewardScaler:
         self.ret = np.zeros(n_envs, dtype=np.float64)
         self.rms = RunningMeanStd(shape=())
 
-    def __call__(self, rewards: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
-        """rewards: (n_envs,), dones: (n_envs,) bool -> scaled rewards: (n_envs,), dtype/device of `rewards`."""
+    def __call__(self, rewards: torch.Tensor, firsts: torch.Tensor) -> torch.Tensor:
+        """rewards: (T, n_envs); firsts: (T, n_envs) bool, True where step t starts an episode.
+
+        Returns scaled rewards (T, n_envs) with the dtype and device of `rewards`.
+        """
         reward = rewards.detach().cpu().numpy().astype(np.float64)
-        if reward.shape != self.ret.shape:
+        if reward.ndim != 2 or reward.shape[1] != self.ret.shape[0]:
             raise ValueError(
                 f"RunningRewardScaler for {self.ret.shape[0]} envs got rewards of shape {tuple(reward.shape)}: "
-                "pass one reward per env."
+                "pass (n_steps, n_envs)."
             )
-        self.ret = self.ret * self.gamma + reward
-        self.rms.update(self.ret)
-        self.ret[dones.detach().cpu().numpy().astype(bool)] = 0.0
+        continues = 1.0 - firsts.detach().cpu().numpy().astype(np.float64)
+        returns = np.zeros_like(reward)
+        for t in range(reward.shape[0]):
+            self.ret = reward[t] + self.gamma * continues[t] * self.ret
+            returns[t] = self.ret
+        self.rms.update(returns.reshape(-1))
         scaled = np.clip(reward / np.sqrt(self.rms.var + self.epsilon), -self.clip, self.clip)
         return torch.as_tensor(scaled, dtype=rewards.dtype, device=rewards.device)
 

@@ -73,14 +73,12 @@ def test_invalid_arguments_raise(kwargs, match):
         make_scheduler(**kwargs)
 
 
-def test_running_mean_std_matches_numpy_over_batches():
-    rng = np.random.default_rng(0)
-    data = rng.normal(3.0, 2.0, size=(50, 4))
+def test_running_mean_std_one_batch_gives_the_unbiased_variance():
+    data = np.random.default_rng(0).normal(3.0, 2.0, size=(50, 4))
     rms = RunningMeanStd(shape=(4,), epsilon=1e-12)
-    for batch in np.split(data, [7, 20, 21]):
-        rms.update(batch)
+    rms.update(data)
     np.testing.assert_allclose(rms.mean, data.mean(0), rtol=1e-9)
-    np.testing.assert_allclose(rms.var, data.var(0), rtol=1e-9)
+    np.testing.assert_allclose(rms.var, data.var(0, ddof=1), rtol=1e-9)  # M2 / (count - 1), as the reference
 
     restored = RunningMeanStd(shape=(4,))
     restored.load_state_dict(rms.state_dict())
@@ -90,48 +88,57 @@ def test_running_mean_std_matches_numpy_over_batches():
         rms.update(np.zeros((3, 5)))
 
 
-def moments_with_prior(returns, prior_count=1e-4):
-    """Variance of `returns` pooled with the RunningMeanStd prior (mean 0, var 1, weight `prior_count`)."""
-    returns = np.asarray(returns, dtype=np.float64)
-    total = prior_count + len(returns)
-    mean = returns.sum() / total
-    return (prior_count * 1.0 + (returns**2).sum()) / total - mean**2
+def test_reward_scaler_matches_the_reference_once_per_iteration():
+    """Expected values: the reference's util/reward_scaling.py (irom-lab/dppo) run on the same two rollouts.
 
-
-def test_reward_scaler_hand_computed_three_steps_two_envs():
+    Rollout 1 (gamma 0.5): env 0 starts an episode at step 0; env 1 at steps 0 and 1. Running returns
+    env 0: 1, 3.5, 6.75; env 1: 2, 4, 8. One statistics update from all six, one std for every reward.
+    """
     scaler = RunningRewardScaler(n_envs=2, gamma=0.5)
-    rewards = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
-    dones = [[False, True], [False, False], [True, False]]
-    # Discounted returns per step; env 1 restarts after step 0, env 0 after step 2:
-    # step 0: [1, 2]; step 1: [0.5 * 1 + 3, 0 + 4] = [3.5, 4]; step 2: [0.5 * 3.5 + 5, 0.5 * 4 + 6] = [6.75, 8].
-    returns_seen = [[1.0, 2.0], [1.0, 2.0, 3.5, 4.0], [1.0, 2.0, 3.5, 4.0, 6.75, 8.0]]
-    for reward, done, seen in zip(rewards, dones, returns_seen):
-        out = scaler(torch.tensor(reward), torch.tensor(done))
-        expected = np.array(reward) / np.sqrt(moments_with_prior(seen) + 1e-8)
-        assert out.dtype == torch.float32
-        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)
-    np.testing.assert_allclose(scaler.ret, [0.0, 8.0])
+    rewards = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    firsts = torch.tensor([[True, True], [False, True], [False, False]])
+    out = scaler(rewards, firsts)
+    assert out.dtype == torch.float32 and out.shape == (3, 2)
+    np.testing.assert_allclose(out.numpy(), [[0.36984705292527253, 0.7396941058505451],
+                                             [1.1095411587758175, 1.4793882117010901],
+                                             [1.8492352646263626, 2.219082317551635]], rtol=1e-6)
+    np.testing.assert_allclose(scaler.ret, [6.75, 8.0])
+    assert scaler.rms.var == pytest.approx(7.310644649259313, rel=1e-12)
+
+    # rollout 2: env 0 restarts, env 1 carries its running return 8 over
+    out = scaler(torch.tensor([[-1.0, 0.5], [2.0, 8.0]]), torch.tensor([[True, False], [False, False]]))
+    np.testing.assert_allclose(out.numpy(), [[-0.2801645500622296, 0.1400822750311148],
+                                             [0.5603291001244592, 2.241316400497837]], rtol=1e-6)
+    np.testing.assert_allclose(scaler.ret, [1.5, 10.25])
+
+
+def test_reward_scaler_every_reward_of_a_rollout_shares_one_std():
+    """Applied step by step, early rewards would be divided by a tiny std (up to ~200x larger)."""
+    scaler = RunningRewardScaler(n_envs=3, gamma=0.99)
+    rewards = torch.full((100, 3), 3.0, dtype=torch.float64)
+    out = scaler(rewards, torch.zeros(100, 3, dtype=torch.bool))
+    assert torch.allclose(out, out[0, 0].expand_as(out))
 
 
 def test_reward_scaler_state_dict_round_trip_gives_identical_outputs():
     rng = torch.Generator().manual_seed(0)
     rewards = torch.randn(20, 3, generator=rng, dtype=torch.float64)
-    dones = torch.rand(20, 3, generator=rng) < 0.2
+    firsts = torch.rand(20, 3, generator=rng) < 0.2
     scaler = RunningRewardScaler(n_envs=3, gamma=0.99)
-    for t in range(10):
-        scaler(rewards[t], dones[t])
+    scaler(rewards[:10], firsts[:10])
     restored = RunningRewardScaler(n_envs=3, gamma=0.99)
     restored.load_state_dict(scaler.state_dict())
-    for t in range(10, 20):
-        assert torch.equal(scaler(rewards[t], dones[t]), restored(rewards[t], dones[t]))
+    assert torch.equal(scaler(rewards[10:], firsts[10:]), restored(rewards[10:], firsts[10:]))
     with pytest.raises(ValueError, match="n_envs"):
         RunningRewardScaler(n_envs=4, gamma=0.99).load_state_dict(scaler.state_dict())
+    with pytest.raises(ValueError, match="n_steps, n_envs"):
+        scaler(rewards[0], firsts[0])
 
 
 def test_reward_scaler_clips():
     scaler = RunningRewardScaler(n_envs=2, gamma=0.0, clip=0.5)
-    out = scaler(torch.tensor([10.0, -10.0]), torch.tensor([False, False]))
-    assert out.tolist() == [0.5, -0.5]
+    out = scaler(torch.tensor([[10.0, -10.0]]), torch.tensor([[False, False]]))
+    assert out.tolist() == [[0.5, -0.5]]
 
 
 def test_warmup_as_long_as_the_cycle_ends_at_min_lr():

@@ -18,7 +18,7 @@ from dppo.checkpoint import load_checkpoint, load_state_dict_checked
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from env.vector import make_vector_env
-from model.diffusion.diffusion_rl import denoiser_weights
+from model.diffusion.pretrained import denoiser_weights
 
 
 def load_policy(path: str, device: str):

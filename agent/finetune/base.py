@@ -1,19 +1,29 @@
-"""What every fine-tuning agent shares: vector env, model, evaluation, logging, checkpoints and resume.
+"""The fine-tuning loop every algorithm shares.
 
-A subclass writes its algorithm in `run()` (top to bottom, CleanRL style) and
-lists its own training state (optimizers, schedulers, ...) in
-`algorithm_state()` / `load_algorithm_state()`.
+Each iteration: roll out `n_steps` action chunks in `n_envs` envs into a `Rollout`
+(obs, what the policy stored, rewards, terminated, ends, final obs), scale the
+rewards once for the whole rollout, append it to the replay buffer when the
+algorithm has one, call the algorithm's `update`, then log, evaluate every
+`val_freq` iterations and checkpoint. Resuming restores all of it.
+
+An algorithm is a subclass that builds its optimizers in `__init__` (with
+`add_optimizer`), ends `__init__` with `self.start()`, and writes `update(rollout)`.
+How it acts is its model's: `model.explore(cond) -> (actions, stored)` while
+training and `model.act(cond)` in evaluation.
 """
 
 import os
 import time
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from agent.eval.rollout import run_episodes
 from agent.finetune.episodes import EpisodeTracker, summarize
+from agent.finetune.replay import ReplayBuffer
+from agent.finetune.rollout import Rollout
 from dppo.checkpoint import (
     checkpoint_path,
     last_checkpoint_path,
@@ -26,6 +36,7 @@ from dppo.checkpoint import (
 )
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
+from dppo.schedulers import RunningRewardScaler, WarmupCosineLR
 from env.vector import make_vector_env
 
 EVAL_SEED_OFFSET = 1_000_000
@@ -46,10 +57,17 @@ class FinetuneAgent:
             seed=cfg.seed, video_dir=os.path.join(self.logdir, "videos") if cfg.env.save_video else None,
         )
         self.model = hydra.utils.instantiate(cfg.model)
+        train = cfg.train
+        self.reward_scaler = RunningRewardScaler(self.n_envs, gamma=train.gamma) if train.reward_scale_running else None
+        buffer_size = train.get("buffer_size")
+        self.replay = ReplayBuffer(buffer_size, self.n_envs, self.device) if buffer_size is not None else None
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.lr_schedulers: dict[str, WarmupCosineLR] = {}
         self.itr = 0
         self.env_steps = 0
         self.wall_time = 0.0
         self.tracker = EpisodeTracker(self.n_envs, self.act_steps)
+        self.next_firsts = torch.ones(self.n_envs, dtype=torch.bool, device=self.device)
         self.resume_path = resume[0] if resume else None
 
     def start(self) -> None:
@@ -61,12 +79,137 @@ class FinetuneAgent:
                                    config=OmegaConf.to_container(self.cfg), resume=self.resume_path is not None)
         print(f"{type(self).__name__} on {self.cfg.env_name} with {self.n_envs} envs; run dir {self.logdir}")
 
-    # ---- environment -------------------------------------------------------------------------
+    # ---- what an algorithm writes ------------------------------------------------------------
+    def update(self, rollout: Rollout) -> dict:
+        """Train on the iteration's rollout (and the replay buffer, already holding it); return metrics."""
+        raise NotImplementedError
+
+    def algorithm_state(self) -> dict:
+        """Training state beyond the model, optimizers, LR schedules, reward scaler and replay (none by default)."""
+        return {}
+
+    def load_algorithm_state(self, state: dict) -> None:
+        """Restore what `algorithm_state` returned."""
+
+    # ---- optimizers ----------------------------------------------------------------------------
+    def add_optimizer(self, name: str, parameters, lr: float, weight_decay: float,
+                      scheduler: DictConfig) -> torch.optim.Optimizer:
+        """AdamW with a warmup-cosine LR schedule, saved with checkpoints and stepped once per iteration."""
+        optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+        self.optimizers[name] = optimizer
+        self.lr_schedulers[name] = WarmupCosineLR(optimizer, max_lr=lr, **scheduler)
+        return optimizer
+
+    @property
+    def update_actor(self) -> bool:
+        """False during the first `n_critic_warmup_itr` iterations, when only critics train."""
+        return self.itr >= self.cfg.train.get("n_critic_warmup_itr", 0)
+
+    def actor_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Step the actor after critic warm-up, clipping its gradients to `max_grad_norm` when set."""
+        if not self.update_actor:
+            return
+        max_grad_norm = self.cfg.train.get("max_grad_norm")
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]],
+                                           max_grad_norm)
+        optimizer.step()
+
+    def step_lr_schedulers(self) -> None:
+        """One LR-schedule step per iteration; the actor's schedule starts after critic warm-up."""
+        for name, scheduler in self.lr_schedulers.items():
+            if name != "actor" or self.update_actor:
+                scheduler.step()
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        train = self.cfg.train
+        obs = None
+        if self.itr == 0:
+            self.evaluate_and_log()  # the pre-trained policy
+        while self.itr < train.n_train_itr:
+            timer = Timer()
+            if obs is None or train.reset_at_iteration:
+                obs = self.reset_envs()
+            rollout, obs, rollout_metrics = self.collect_rollout(obs)
+            rollout_time = timer.lap()
+            if self.replay is not None:
+                self.replay.add_rollout(rollout)
+            metrics = self.update(rollout)
+            self.step_lr_schedulers()
+            update_time = timer.lap()
+
+            self.itr += 1
+            self.wall_time += rollout_time + update_time
+            metrics.update(rollout_metrics)
+            metrics.update({f"{name}_lr": opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()})
+            metrics.update({
+                "env_steps": self.env_steps,
+                "env_steps_per_s": rollout_metrics["iteration_env_steps"] / rollout_time,
+                "rollout_time": rollout_time,
+                "update_time": update_time,
+                "wall_time": self.wall_time,
+                "worker_restarts": self.venv.n_worker_restarts,
+            })
+            if self.replay is not None:
+                metrics["replay_size"] = len(self.replay)
+            self.logger.log(metrics, step=self.itr, prefix="train")
+            if self.evaluate_and_log():
+                obs = None  # evaluation used the envs: the next iteration starts fresh episodes
+            self.save()
+        self.finish()
+
     def reset_envs(self) -> torch.Tensor:
-        """Reset every env with seeds derived from the iteration, so a resumed run sees the same episodes."""
+        """Reset every env with seeds derived from the iteration, so a resumed run sees the same episodes.
+
+        Every env starts a new episode, so the reward scaler's running returns restart too.
+        """
         self.tracker = EpisodeTracker(self.n_envs, self.act_steps)
+        self.next_firsts = torch.ones(self.n_envs, dtype=torch.bool, device=self.device)
         return self.venv.reset(seed=self.cfg.seed + self.itr * self.n_envs)
 
+    def collect_rollout(self, obs: torch.Tensor) -> tuple[Rollout, torch.Tensor, dict]:
+        """n_steps exploring action chunks in every env from `obs` (n_envs, To, Do).
+
+        Returns the rollout, the observation to continue from, and the rollout's metrics
+        (episodes that finished in it, env steps, simulator errors).
+        """
+        steps = {key: [] for key in ("obs", "next_obs", "actions", "rewards", "terminated", "ends", "firsts")}
+        stored_steps = []
+        episodes, env_steps, sim_errors = [], 0, 0
+        for _ in range(self.cfg.train.n_steps):
+            with torch.no_grad():
+                actions, stored = self.model.explore({"state": obs})
+            result = self.venv.step(actions[:, : self.act_steps])
+            ends = result.terminated | result.truncated
+            for key, value in (("obs", obs), ("next_obs", result.final_obs), ("actions", actions),
+                               ("rewards", result.reward), ("terminated", result.terminated), ("ends", ends),
+                               ("firsts", self.next_firsts)):
+                steps[key].append(value)
+            stored_steps.append(stored)
+            episodes += [stats for _, stats in self.tracker.update(result.reward, result.n_executed, ends)]
+            env_steps += int(result.n_executed.sum())
+            sim_errors += int(result.sim_errors.sum())
+            self.next_firsts = ends
+            obs = result.obs
+        steps = {key: torch.stack(values) for key, values in steps.items()}
+        stored = {key: torch.stack([s[key] for s in stored_steps]) for key in stored_steps[0]}
+        rollout = Rollout(obs={"state": steps["obs"]}, next_obs={"state": steps["next_obs"]},
+                          actions=steps["actions"], stored=stored, rewards=steps["rewards"],
+                          scaled_rewards=self.scale_rewards(steps["rewards"], steps["firsts"]),
+                          terminated=steps["terminated"], ends=steps["ends"], firsts=steps["firsts"])
+        self.env_steps += env_steps
+        metrics = summarize(episodes)
+        metrics.update({"iteration_env_steps": env_steps, "sim_errors": sim_errors})
+        return rollout, obs, metrics
+
+    def scale_rewards(self, rewards: torch.Tensor, firsts: torch.Tensor) -> torch.Tensor:
+        """(T, N) rewards of one rollout -> scaled once for the whole rollout (running std or constant factor)."""
+        if self.reward_scaler is not None:
+            return self.reward_scaler(rewards, firsts)
+        return rewards * self.cfg.train.reward_scale_const
+
+    # ---- evaluation ----------------------------------------------------------------------------
     def evaluate_and_log(self) -> bool:
         """Every `val_freq` iterations (and before the first): evaluate, log `eval/*` and redraw the curves.
 
@@ -86,30 +229,28 @@ class FinetuneAgent:
         return True
 
     def evaluate(self) -> dict:
-        """Deterministic sampling until every env has finished one episode; returns eval metrics.
+        """Deterministic acting (`model.act`) until every env has finished one episode; returns eval metrics.
 
         The envs are reset with evaluation seeds first.
         """
         episodes = run_episodes(
-            self.venv, lambda obs: self.model.sample({"state": obs}, deterministic=True).actions,
+            self.venv, lambda obs: self.model.act({"state": obs}),
             n_episodes=self.n_envs, act_steps=self.act_steps,
             seed=self.cfg.seed + EVAL_SEED_OFFSET + self.itr * self.n_envs,
         )
         return summarize(episodes)
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def algorithm_state(self) -> dict:
-        raise NotImplementedError
-
-    def load_algorithm_state(self, state: dict) -> None:
-        raise NotImplementedError
-
     def save(self) -> None:
         state = {
             "itr": self.itr,
             "env_steps": self.env_steps,
             "wall_time": self.wall_time,
             "model": self.model.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "lr_schedulers": {name: sched.state_dict() for name, sched in self.lr_schedulers.items()},
+            "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
+            "replay": self.replay.state_dict() if self.replay is not None else None,
             "algorithm": self.algorithm_state(),
             "rng": rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
@@ -121,23 +262,43 @@ class FinetuneAgent:
     def load(self, path: str) -> None:
         state = load_checkpoint(path)
         load_state_dict_checked(self.model, state["model"], what=path)
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        for name, scheduler in self.lr_schedulers.items():
+            scheduler.load_state_dict(state["lr_schedulers"][name])
+        if self.reward_scaler is not None:
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+        if self.replay is not None:
+            self.replay.load_state_dict(state["replay"])
         self.load_algorithm_state(state["algorithm"])
         set_rng_state(state["rng"])
         self.itr, self.env_steps, self.wall_time = state["itr"], state["env_steps"], state["wall_time"]
         print(f"Resumed from {path} at iteration {self.itr}")
 
     def plot_curves(self) -> None:
-        self.logger.plot({
-            "reward": ["train/episode_return", "eval/episode_return"],
-            "loss": ["train/loss"],
-            "pg_loss": ["train/pg_loss"],
-            "value_loss": ["train/value_loss"],
-        })
+        """curves.png: train and eval return, then one panel per loss the algorithm logs."""
+        loss_keys = [key for key in self.logger.keys if key.startswith("train/") and key.endswith("loss")]
+        groups = {"reward": ["train/episode_return", "eval/episode_return"]}
+        groups.update({key.removeprefix("train/"): [key] for key in loss_keys})
+        self.logger.plot(groups)
 
     def finish(self) -> None:
         self.plot_curves()
         self.logger.close()
         self.venv.close()
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns); nan when the returns do not vary."""
+    var_returns = returns.var()
+    if var_returns == 0:
+        return float("nan")
+    return float(1 - (returns - values).var() / var_returns)
+
+
+def mean_metrics(history: dict[str, list[float]]) -> dict:
+    """{key: mean of its values} over the keys that have values."""
+    return {key: float(np.mean(values)) for key, values in history.items() if values}
 
 
 class Timer:

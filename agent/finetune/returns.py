@@ -2,6 +2,8 @@
 
 import torch
 
+from agent.finetune.rollout import flatten_steps, index_samples, map_batches
+
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, episode_ends: torch.Tensor,
                 gamma: float, gae_lambda: float) -> torch.Tensor:
@@ -28,3 +30,51 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.
         next_advantage = delta + gamma * gae_lambda * continues[t] * next_advantage
         advantages[t] = next_advantage
     return advantages
+
+
+def gae_from_critic(value_fn, obs: dict, next_obs: dict, rewards: torch.Tensor, terminated: torch.Tensor,
+                    ends: torch.Tensor, gamma: float, gae_lambda: float,
+                    batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE advantages and V(s), both (T, N), with V evaluated in batches of `batch_size` without gradients.
+
+    obs, next_obs: dicts of (T, N, ...); value_fn: cond dict of (B, ...) -> (B,). next_obs holds an
+    ended episode's final observation, so a truncated step bootstraps from V(final obs) and a
+    terminated one from nothing. The value targets are advantages + values (the lambda-returns).
+    """
+    n_steps, n_envs = rewards.shape
+    obs_flat, next_obs_flat = flatten_steps(obs), flatten_steps(next_obs)
+    n_samples = n_steps * n_envs
+    values = map_batches(lambda idx: value_fn(index_samples(obs_flat, idx)), n_samples, batch_size, rewards.device)
+    next_values = map_batches(lambda idx: value_fn(index_samples(next_obs_flat, idx)), n_samples, batch_size,
+                              rewards.device)
+    values = values.view(n_steps, n_envs)
+    next_values = next_values.view(n_steps, n_envs) * (~terminated)
+    return compute_gae(rewards, values, next_values, ends, gamma, gae_lambda), values
+
+
+def episode_returns_to_go(rewards: torch.Tensor, ends: torch.Tensor, firsts: torch.Tensor,
+                          gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discounted returns-to-go of the episodes that both start and end inside a rollout (DRWR).
+
+    rewards: (T, N); ends, firsts: (T, N) bool. Returns (returns (T, N), complete (T, N) bool):
+    returns[t] = sum_{t' >= t} gamma ** (t' - t) r[t'] up to the end of t's episode, and
+    `complete` marks the steps whose whole episode lies inside the rollout, the only ones
+    whose return-to-go is known (the reference uses exactly these).
+    """
+    n_steps, n_envs = rewards.shape
+    returns = torch.zeros_like(rewards)
+    ends_known = torch.zeros_like(ends)
+    running = torch.zeros_like(rewards[0])
+    end_seen = torch.zeros_like(ends[0])
+    for t in reversed(range(n_steps)):
+        end_seen = end_seen | ends[t]
+        running = rewards[t] + gamma * (~ends[t]) * running
+        returns[t] = running
+        ends_known[t] = end_seen
+    started = torch.zeros_like(firsts)
+    start_seen = torch.zeros_like(firsts[0])
+    for t in range(n_steps):
+        start_seen = start_seen | firsts[t]
+        started[t] = start_seen
+        start_seen = start_seen & ~ends[t]  # the next episode starts fresh after an end, flagged by firsts
+    return returns, started & ends_known

@@ -1,33 +1,43 @@
 """Gaussian MLP policy over action chunks: the behaviour-cloning comparison of the diffusion policy."""
 
+import math
+
 import torch
 from torch import nn
 
+from dppo.checkpoint import load_state_dict_checked
 from model.common.mlp import make_mlp
+from model.diffusion.pretrained import pretrained_network_state
 from model.diffusion.diffusion import Sample
+
+INITIAL_LOG_STD = -1.0
 
 
 class GaussianMLP(nn.Module):
     """Mean of the whole chunk from the flattened observations, and a std (fixed or learned per dim).
+
+    std: `fixed_std` when given, learned from `fixed_std` when `learn_fixed_std` (fine-tuning),
+    else learned from exp(-1); a learned std is clamped to [std_min, std_max].
 
     cond["state"]: (B, To, Do) -> mean (B, Ta, Da), std (B, Ta, Da)
     """
 
     def __init__(self, action_dim: int, horizon_steps: int, cond_dim: int, mlp_dims: list[int] = (256, 256, 256),
                  activation: str = "Mish", residual_style: bool = True, use_layernorm: bool = False,
-                 tanh_output: bool = True, fixed_std: float | None = 0.1, std_min: float = 0.01,
-                 std_max: float = 1.0):
+                 tanh_output: bool = True, fixed_std: float | None = 0.1, learn_fixed_std: bool = False,
+                 std_min: float = 0.01, std_max: float = 1.0):
         super().__init__()
         self.action_dim = action_dim
         self.horizon_steps = horizon_steps
         self.mean_net = make_mlp(cond_dim, mlp_dims, horizon_steps * action_dim, residual=residual_style,
                                  activation=activation, out_activation="Tanh" if tanh_output else "Identity",
                                  use_layernorm=use_layernorm)
-        self.fixed_std = fixed_std
         self.std_min = std_min
         self.std_max = std_max
-        if fixed_std is None:
-            self.log_std = nn.Parameter(torch.full((horizon_steps, action_dim), -1.0))
+        self.fixed_std = None if learn_fixed_std else fixed_std
+        if self.fixed_std is None:
+            initial_log_std = math.log(fixed_std) if learn_fixed_std else INITIAL_LOG_STD
+            self.log_std = nn.Parameter(torch.full((horizon_steps, action_dim), initial_log_std))
 
     def forward(self, cond: dict) -> tuple[torch.Tensor, torch.Tensor]:
         state = cond["state"]
@@ -43,8 +53,13 @@ class GaussianModel(nn.Module):
     """Policy surface shared with DiffusionModel: `loss(actions, cond)` and `sample(cond, deterministic)`."""
 
     def __init__(self, network: GaussianMLP, horizon_steps: int, obs_dim: int, action_dim: int, cond_steps: int = 1,
-                 randn_clip_value: float = 10.0, final_action_clip_value: float | None = 1.0, device: str = "cpu"):
+                 randn_clip_value: float = 10.0, final_action_clip_value: float | None = 1.0,
+                 network_path: str | None = None, device: str = "cpu"):
         super().__init__()
+        if network_path is not None:
+            # a BC policy trained with a fixed std has no log_std: a learned one keeps its initial value
+            weights = {**network.state_dict(), **pretrained_network_state(network_path)}
+            load_state_dict_checked(network, weights, what=network_path)
         self.network = network
         self.horizon_steps = horizon_steps
         self.obs_dim = obs_dim
@@ -53,6 +68,10 @@ class GaussianModel(nn.Module):
         self.randn_clip_value = randn_clip_value
         self.final_action_clip_value = final_action_clip_value
         self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
 
     def loss(self, actions: torch.Tensor, cond: dict) -> torch.Tensor:
         """Negative log-likelihood of the demonstrated chunks, averaged over elements. actions: (B, Ta, Da)."""
@@ -69,3 +88,12 @@ class GaussianModel(nn.Module):
         if self.final_action_clip_value is not None:
             actions = actions.clamp(-self.final_action_clip_value, self.final_action_clip_value)
         return Sample(actions=actions)
+
+    def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:
+        """Exploring chunks (B, Ta, Da) and {"actions": the same chunks}, which PPO scores later."""
+        actions = self.sample(cond, deterministic=False).actions
+        return actions, {"actions": actions}
+
+    def act(self, cond: dict) -> torch.Tensor:
+        """The mean chunk (B, Ta, Da), for evaluation."""
+        return self.sample(cond, deterministic=True).actions

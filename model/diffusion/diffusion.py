@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dppo.checkpoint import load_state_dict_checked
+from model.diffusion.pretrained import pretrained_network_state
 from model.diffusion.schedules import cosine_beta_schedule, ddim_timesteps
 
 LOG_VARIANCE_FLOOR = 1e-20
@@ -27,14 +29,20 @@ class Sample:
 
 
 class DiffusionModel(nn.Module):
-    """Diffusion policy over action chunks with a cosine schedule and epsilon (or x0) prediction."""
+    """Diffusion policy over action chunks with a cosine schedule and epsilon (or x0) prediction.
+
+    `network_path` (a pre-training checkpoint or shipped policy file) initializes the denoiser,
+    as every fine-tuning model does.
+    """
 
     def __init__(self, network: nn.Module, horizon_steps: int, obs_dim: int, action_dim: int, cond_steps: int = 1,
                  denoising_steps: int = 20, predict_epsilon: bool = True, denoised_clip_value: float | None = 1.0,
                  final_action_clip_value: float | None = 1.0, randn_clip_value: float = 10.0,
                  min_sampling_denoising_std: float = 0.0, use_ddim: bool = False, ddim_steps: int | None = None,
-                 ddim_eta: float = 1.0, device: str = "cpu"):
+                 ddim_eta: float = 1.0, network_path: str | None = None, device: str = "cpu"):
         super().__init__()
+        if network_path is not None:
+            load_state_dict_checked(network, pretrained_network_state(network_path), what=network_path)
         self.network = network
         self.horizon_steps = horizon_steps
         self.obs_dim = obs_dim
@@ -94,11 +102,19 @@ class DiffusionModel(nn.Module):
 
     def loss(self, actions: torch.Tensor, cond: dict) -> torch.Tensor:
         """DDPM loss: MSE of predicted noise (or x0) at a uniformly drawn step. actions: (B, Ta, Da)."""
+        return self.per_sample_loss(actions, cond).mean()
+
+    def per_sample_loss(self, actions: torch.Tensor, cond: dict) -> torch.Tensor:
+        """The DDPM loss of each chunk, averaged over its Ta x Da elements: (B, Ta, Da) -> (B,).
+
+        Weighted-regression fine-tuning (DRWR, DAWR) weighs these terms.
+        """
         t = torch.randint(0, self.denoising_steps, (actions.shape[0],), device=actions.device)
         noise = torch.randn_like(actions)
         x_t = self.q_sample(actions, t, noise)
         prediction = self.network(x_t, t, cond)
-        return F.mse_loss(prediction, noise if self.predict_epsilon else actions)
+        target = noise if self.predict_epsilon else actions
+        return F.mse_loss(prediction, target, reduction="none").mean(dim=(-2, -1))
 
     # ---- reverse process --------------------------------------------------------------------
     def denoiser_at(self, step_index: int) -> nn.Module:
@@ -153,12 +169,13 @@ class DiffusionModel(nn.Module):
             return torch.zeros_like(std)
         return std.clamp(min=EVAL_MIN_STD)
 
-    @torch.no_grad()
     def sample(self, cond: dict, deterministic: bool = False, chain_steps: int = 0,
-               network: nn.Module | None = None) -> Sample:
+               network: nn.Module | None = None, requires_grad: bool = False) -> Sample:
         """Draw action chunks for cond["state"]: (B, To, Do).
 
         `network` runs every step when given (default: `denoiser_at(k)` for step index k).
+        `requires_grad=True` keeps the graph through every denoising step, so a loss on the
+        actions reaches the denoiser's weights (DQL's actor loss); otherwise no graph is built.
 
         chain_steps = C > 0 also returns the chain of the last C steps: (B, C + 1, Ta, Da),
         the input of the first of them followed by the output of each (the last entry is the action).
@@ -166,6 +183,10 @@ class DiffusionModel(nn.Module):
         """
         if not 0 <= chain_steps <= self.sampling_steps:
             raise ValueError(f"chain_steps must be in 0..{self.sampling_steps}, got {chain_steps}.")
+        with torch.set_grad_enabled(requires_grad):
+            return self._sample(cond, deterministic, chain_steps, network)
+
+    def _sample(self, cond: dict, deterministic: bool, chain_steps: int, network: nn.Module | None) -> Sample:
         batch = cond["state"].shape[0]
         x = torch.randn(batch, self.horizon_steps, self.action_dim, device=self.device)
         chain = []
@@ -183,6 +204,15 @@ class DiffusionModel(nn.Module):
                 chain.append(x)
         chains = torch.stack(chain, dim=1) if chain_steps > 0 else None
         return Sample(actions=x, chains=chains)
+
+    # ---- acting in an environment (the surface every fine-tuning agent calls) ---------------
+    def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:
+        """Exploring action chunks (B, Ta, Da) and what the rollout stores per step beside them (nothing here)."""
+        return self.sample(cond, deterministic=False).actions, {}
+
+    def act(self, cond: dict) -> torch.Tensor:
+        """Deterministic action chunks (B, Ta, Da) for evaluation."""
+        return self.sample(cond, deterministic=True).actions
 
 
 def _per_sample(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -1,31 +1,22 @@
 """DPPO loss: PPO over the denoising steps of the fine-tuned diffusion policy."""
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from model.diffusion.diffusion_rl import FinetuneDiffusion
-
-
-@dataclass
-class PPOLoss:
-    """Loss terms of one minibatch; pg_loss, v_loss and bc_loss carry gradients, the rest are metrics."""
-
-    pg_loss: torch.Tensor
-    v_loss: torch.Tensor
-    bc_loss: torch.Tensor
-    approx_kl: float
-    clipfrac: float
-    ratio: float
+from model.rl.ppo import PPOLoss, clipped_policy_loss, normalize_advantages, ratio_metrics, value_loss
 
 
 class PPODiffusion(FinetuneDiffusion):
     """Diffusion policy + critic V(s) trained with PPO over (environment step, denoising step) pairs.
 
+    What the rollout stores per env step is the chain of the K' fine-tuned steps (see `explore`).
     The critic is trained by regression on the GAE lambda-returns (advantage + V(s) of
     the rollout), optionally with value clipping; the paper does not say how V is trained.
+    `reward_horizon` (the configs set it to act_steps, as the reference does) limits the
+    log-probability average to the actions of the chunk that are executed.
     """
 
     def __init__(self, critic: nn.Module, gamma_denoising: float = 0.99, clip_ploss_coef: float = 0.01,
@@ -42,9 +33,16 @@ class PPODiffusion(FinetuneDiffusion):
         self.clip_vloss_coef = clip_vloss_coef
         self.norm_adv = norm_adv
         self.advantage_quantiles = (clip_advantage_lower_quantile, clip_advantage_upper_quantile)
+        if reward_horizon is not None and not 0 < reward_horizon <= self.horizon_steps:
+            raise ValueError(f"reward_horizon={reward_horizon} must be in 1..horizon_steps ({self.horizon_steps}): "
+                             "set it to act_steps.")
         self.reward_horizon = reward_horizon or self.horizon_steps
         self.logprob_min = logprob_min
         self.logprob_max = logprob_max
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """What the actor optimizer trains: the fine-tuned copy of the denoiser."""
+        return list(self.actor_ft.parameters())
 
     def clip_coefficients(self) -> torch.Tensor:
         """PPO clip coefficient of each fine-tuned step, (K',): base at the noisiest step j = 0, max at j = K' - 1.
@@ -73,45 +71,30 @@ class PPODiffusion(FinetuneDiffusion):
         log_prob = log_prob.clamp(self.logprob_min, self.logprob_max)
         return log_prob[:, :, : self.reward_horizon].mean(dim=(-2, -1))
 
+    def log_probs(self, cond: dict, stored: dict) -> torch.Tensor:
+        """The PPO log-probabilities of what `explore` stored: (B, K')."""
+        return self.reduced_log_probs(cond, stored["chains"])
+
     def normalize_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
         """Per-minibatch normalization, then clipping to the configured quantiles. (B,) -> (B,)"""
-        if self.norm_adv:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        low_q, high_q = self.advantage_quantiles
-        if (low_q, high_q) != (0.0, 1.0):
-            advantages = advantages.clamp(torch.quantile(advantages, low_q), torch.quantile(advantages, high_q))
-        return advantages
+        return normalize_advantages(advantages, self.norm_adv, self.advantage_quantiles)
 
-    def loss(self, cond: dict, chains: torch.Tensor, returns: torch.Tensor, old_values: torch.Tensor,
+    def loss(self, cond: dict, stored: dict, returns: torch.Tensor, old_values: torch.Tensor,
              advantages: torch.Tensor, old_log_probs: torch.Tensor, use_bc_loss: bool = False) -> PPOLoss:
         """PPO loss of a minibatch of B environment samples, each carrying its K' denoising steps.
 
-        cond["state"]: (B, To, Do); chains: (B, K' + 1, Ta, Da); returns, old_values, advantages: (B,);
-        old_log_probs: (B, K') from `reduced_log_probs` at rollout time.
+        cond["state"]: (B, To, Do); stored["chains"]: (B, K' + 1, Ta, Da); returns, old_values,
+        advantages: (B,); old_log_probs: (B, K') from `log_probs` at rollout time.
         """
-        new_log_probs = self.reduced_log_probs(cond, chains)
-        log_ratio = new_log_probs - old_log_probs
-        ratio = log_ratio.exp()
+        log_ratio = self.log_probs(cond, stored) - old_log_probs
         clip = self.clip_coefficients()[None, :]
-
         adv = self.normalize_advantages(advantages)[:, None] * self.denoising_discounts()[None, :]
-        pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
-
-        values = self.critic(cond)
-        if self.clip_vloss_coef is not None:
-            clipped = old_values + (values - old_values).clamp(-self.clip_vloss_coef, self.clip_vloss_coef)
-            v_loss = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2).mean()
-        else:
-            v_loss = 0.5 * ((values - returns) ** 2).mean()
+        pg_loss = clipped_policy_loss(log_ratio.exp(), adv, clip)
+        v_loss = value_loss(self.critic(cond), returns, old_values, self.clip_vloss_coef)
 
         bc_loss = torch.zeros((), device=self.device)
         if use_bc_loss:
             base_chains = self.sample(cond, deterministic=False, chain_steps=self.ft_denoising_steps,
                                       network=self.network).chains
             bc_loss = -self.reduced_log_probs(cond, base_chains).mean()
-
-        with torch.no_grad():
-            approx_kl = ((ratio - 1) - log_ratio).mean().item()
-            clipfrac = ((ratio - 1).abs() > clip).float().mean().item()
-        return PPOLoss(pg_loss=pg_loss, v_loss=v_loss, bc_loss=bc_loss, approx_kl=approx_kl, clipfrac=clipfrac,
-                       ratio=ratio.mean().item())
+        return PPOLoss(pg_loss=pg_loss, v_loss=v_loss, bc_loss=bc_loss, **ratio_metrics(log_ratio, clip))

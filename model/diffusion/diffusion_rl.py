@@ -9,20 +9,18 @@ sampled with std at least `min_sampling_denoising_std` when exploring.
 """
 
 import copy
-import os
 
 import torch
 from torch import nn
 
-from dppo.checkpoint import load_checkpoint, load_state_dict_checked
 from model.diffusion.diffusion import DiffusionModel
 
 
 class FinetuneDiffusion(DiffusionModel):
     """Diffusion policy with a frozen base network and a fine-tuned copy for the last K' steps."""
 
-    def __init__(self, network: nn.Module, ft_denoising_steps: int, network_path: str | None = None,
-                 min_sampling_denoising_std: float = 0.1, min_logprob_denoising_std: float = 0.1, **kwargs):
+    def __init__(self, network: nn.Module, ft_denoising_steps: int, min_sampling_denoising_std: float = 0.1,
+                 min_logprob_denoising_std: float = 0.1, **kwargs):
         super().__init__(network=network, min_sampling_denoising_std=min_sampling_denoising_std, **kwargs)
         if not 0 < ft_denoising_steps <= self.sampling_steps:
             raise ValueError(
@@ -31,17 +29,16 @@ class FinetuneDiffusion(DiffusionModel):
             )
         self.ft_denoising_steps = ft_denoising_steps
         self.min_logprob_denoising_std = min_logprob_denoising_std
-        if network_path is not None:
-            load_state_dict_checked(self.network, pretrained_network_state(network_path), what=network_path)
         self.actor_ft = copy.deepcopy(self.network)
         self.network.requires_grad_(False)
 
     def denoiser_at(self, step_index: int) -> nn.Module:
         return self.actor_ft if step_index < self.ft_denoising_steps else self.network
 
-    def sample_with_chains(self, cond: dict, deterministic: bool = False):
-        """Sample with the chain of the K' fine-tuned steps: chains (B, K' + 1, Ta, Da)."""
-        return self.sample(cond, deterministic=deterministic, chain_steps=self.ft_denoising_steps)
+    def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:
+        """Exploring chunks (B, Ta, Da) and {"chains": (B, K' + 1, Ta, Da)}, the chain of the K' fine-tuned steps."""
+        sample = self.sample(cond, deterministic=False, chain_steps=self.ft_denoising_steps)
+        return sample.actions, {"chains": sample.chains}
 
     def chain_log_probs(self, cond: dict, chains: torch.Tensor, network: nn.Module | None = None) -> torch.Tensor:
         """log pi(chain[:, j+1] | chain[:, j], s) of each fine-tuned step, element-wise.
@@ -60,25 +57,3 @@ class FinetuneDiffusion(DiffusionModel):
         std = (0.5 * log_var).exp().clamp(min=self.min_logprob_denoising_std)
         log_prob = torch.distributions.Normal(mean, std).log_prob(x_out)
         return log_prob.view(batch, n_ft, self.horizon_steps, self.action_dim)
-
-
-def pretrained_network_state(path: str) -> dict:
-    """Denoiser weights of a pre-training checkpoint: its EMA weights, or `network` of a shipped policy file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Pre-trained policy {path} not found: make it with `python script/run.py --config-name=pre_diffusion_mlp "
-            f"task=<task> export_policy_path={path}`, or set base_policy_path."
-        )
-    weights = denoiser_weights(load_checkpoint(path))
-    if weights is not None:
-        return weights
-    raise ValueError(f"Checkpoint {path} holds neither 'ema' nor 'network' weights: point base_policy_path to a "
-                     "checkpoint written by pre-training (checkpoint/state_<epoch>.pt or policy.pt).")
-
-
-def denoiser_weights(state: dict) -> dict | None:
-    """The denoiser weights a pre-training checkpoint carries (`ema` of a state, `network` of a policy file), else None."""
-    for key in ("ema", "network"):
-        if key in state:
-            return state[key]
-    return None

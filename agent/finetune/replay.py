@@ -1,0 +1,104 @@
+"""Replay buffer of off-policy fine-tuning: the last `capacity` chunk-steps of every env."""
+
+import torch
+
+from agent.finetune.rollout import Rollout
+
+
+def replay_gradient_steps(new_samples: int, batch_size: int, replay_ratio: float) -> int:
+    """Gradient steps per iteration: new samples / batch size * replay ratio (at least one)."""
+    return max(1, int(new_samples / batch_size * replay_ratio))
+
+
+class ReplayBuffer:
+    """Fixed capacity per env, time-ordered per env, on the run's device.
+
+    Fields are (T, N, ...) tensors, or dicts of them (observations). Storage is a ring
+    of `capacity` steps shared by the N envs, which always add steps together.
+    Saved with checkpoints (`state_dict`), so a resumed run replays the same data.
+    """
+
+    def __init__(self, capacity: int, n_envs: int, device: str | torch.device):
+        if capacity < 1:
+            raise ValueError(f"Replay capacity must be >= 1 chunk-step per env, got {capacity}: raise buffer_size.")
+        self.capacity = capacity
+        self.n_envs = n_envs
+        self.device = torch.device(device)
+        self.data: dict[str, torch.Tensor] = {}  # flat keys such as "obs/state" -> (capacity, N, ...)
+        self.pos = 0  # next row to write
+        self.size = 0  # rows filled
+
+    def __len__(self) -> int:
+        """Stored (step, env) samples."""
+        return self.size * self.n_envs
+
+    def add_rollout(self, rollout: Rollout) -> None:
+        """Append a rollout: obs, next_obs, whole action chunks, scaled rewards, terminated and ends."""
+        self.add({"obs": rollout.obs, "next_obs": rollout.next_obs, "actions": rollout.actions,
+                  "rewards": rollout.scaled_rewards, "terminated": rollout.terminated, "ends": rollout.ends})
+
+    def add(self, fields: dict) -> None:
+        """Append T steps of every field (T, N, ...); the oldest steps are overwritten when full."""
+        flat = _flatten(fields)
+        if not self.data:
+            self.data = {key: torch.zeros((self.capacity, *value.shape[1:]), dtype=value.dtype, device=self.device)
+                         for key, value in flat.items()}
+        n_steps = next(iter(flat.values())).shape[0]
+        rows = (self.pos + torch.arange(n_steps)) % self.capacity
+        keep = slice(max(0, n_steps - self.capacity), n_steps)  # more steps than capacity: keep the newest
+        for key, value in flat.items():
+            self.data[key][rows[keep].to(self.device)] = value[keep].to(self.device)
+        self.pos = (self.pos + n_steps) % self.capacity
+        self.size = min(self.capacity, self.size + n_steps)
+
+    def ordered(self) -> dict:
+        """Everything stored, oldest step first: fields (size, N, ...)."""
+        start = (self.pos - self.size) % self.capacity
+        rows = ((start + torch.arange(self.size)) % self.capacity).to(self.device)
+        return _unflatten({key: value[rows] for key, value in self.data.items()})
+
+    def sample(self, batch_size: int) -> dict:
+        """batch_size (step, env) samples drawn uniformly with replacement: fields (B, ...)."""
+        if self.size == 0:
+            raise RuntimeError("ReplayBuffer.sample called on an empty buffer: add a rollout first.")
+        start = (self.pos - self.size) % self.capacity
+        rows = (start + torch.randint(self.size, (batch_size,), device=self.device)) % self.capacity
+        envs = torch.randint(self.n_envs, (batch_size,), device=self.device)
+        return _unflatten({key: value[rows, envs] for key, value in self.data.items()})
+
+    def state_dict(self) -> dict:
+        """The stored steps (oldest first) and the capacity; empty rows are not saved."""
+        return {"capacity": self.capacity, "n_envs": self.n_envs, "data": _flatten(self.ordered()) if self.size else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["capacity"], state["n_envs"]) != (self.capacity, self.n_envs):
+            raise ValueError(
+                f"The saved replay buffer holds {state['capacity']} steps x {state['n_envs']} envs but this run has "
+                f"{self.capacity} x {self.n_envs}: match train.buffer_size and env.n_envs to the checkpoint."
+            )
+        self.data, self.pos, self.size = {}, 0, 0
+        if state["data"]:
+            self.add(_unflatten(state["data"]))
+
+
+def _flatten(fields: dict, prefix: str = "") -> dict:
+    """{"obs": {"state": x}, "rewards": r} -> {"obs/state": x, "rewards": r}."""
+    flat = {}
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, prefix=f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _unflatten(flat: dict) -> dict:
+    """Inverse of `_flatten`."""
+    fields = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = fields
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return fields

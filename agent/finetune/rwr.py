@@ -1,0 +1,53 @@
+"""DRWR: reward-weighted regression of a diffusion policy on its own rollouts (on-policy).
+
+Each iteration: the discounted return-to-go of every step of the episodes that
+start and end inside the rollout, standardized over the iteration; weights
+w = min(exp(beta * R), max_reward_weight); then `update_epochs` passes of the
+diffusion loss of the collected chunks weighted by w, in minibatches of
+`batch_size` (a leftover smaller batch is dropped). Every denoising step is
+fine-tuned; exploration keeps each step's std >= min_sampling_denoising_std.
+"""
+
+import torch
+from omegaconf import DictConfig
+
+from agent.finetune.base import FinetuneAgent, mean_metrics
+from agent.finetune.returns import episode_returns_to_go
+from agent.finetune.rollout import Rollout, flatten_steps, index_samples
+from model.rl.weighted_regression import exponential_weights, standardize
+
+RETURN_EPS = 1e-3  # the reference's epsilon when standardizing DRWR returns
+
+
+class RWRAgent(FinetuneAgent):
+    def __init__(self, cfg: DictConfig):
+        super().__init__(cfg)
+        train = cfg.train
+        self.actor_optimizer = self.add_optimizer("actor", self.model.network.parameters(), train.actor_lr,
+                                                  train.actor_weight_decay, train.actor_lr_scheduler)
+        self.start()
+
+    def update(self, rollout: Rollout) -> dict:
+        train = self.cfg.train
+        returns, complete = episode_returns_to_go(rollout.rewards, rollout.ends, rollout.firsts, train.gamma)
+        keep = complete.reshape(-1)
+        n_samples = int(keep.sum())
+        if n_samples == 0:
+            return {"n_samples": 0}  # no episode both started and ended in this rollout
+        obs = index_samples(flatten_steps(rollout.obs), keep)
+        actions = flatten_steps(rollout.actions)[keep]
+        weights = exponential_weights(standardize(returns.reshape(-1)[keep], RETURN_EPS), train.beta,
+                                      train.max_reward_weight)
+        history = {"loss": []}
+        batch_size = min(train.batch_size, n_samples)
+        for _ in range(train.update_epochs):
+            for idx in torch.randperm(n_samples, device=self.device).split(batch_size)[: n_samples // batch_size]:
+                loss = (self.model.per_sample_loss(actions[idx], index_samples(obs, idx)) * weights[idx]).mean()
+                self.actor_optimizer.zero_grad()
+                loss.backward()
+                self.actor_step(self.actor_optimizer)
+                history["loss"].append(loss.item())
+        metrics = mean_metrics(history)
+        metrics.update({"n_samples": n_samples, "weight_mean": weights.mean().item(),
+                        "weight_max": weights.max().item()})
+        return metrics

@@ -1,0 +1,20 @@
+"""Weights of reward- and advantage-weighted regression (DRWR, DAWR)."""
+
+import torch
+
+SCORE_EPS = 1e-6
+
+
+def standardize(scores: torch.Tensor, eps: float = SCORE_EPS) -> torch.Tensor:
+    """(x - mean) / (std + eps) over all elements."""
+    return (scores - scores.mean()) / (scores.std() + eps)
+
+
+def exponential_weights(scores: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
+    """min(exp(beta * scores), max_weight), element-wise, without gradient.
+
+    The reference multiplies standardized returns (DRWR) or advantages (DAWR) by beta = 10
+    (AWR papers write exp(A / beta) on raw advantages; with standardized scores the
+    reference's product is what produced the DPPO paper's baseline numbers).
+    """
+    return torch.exp(beta * scores.detach()).clamp(max=max_weight)
