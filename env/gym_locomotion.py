@@ -23,13 +23,13 @@ D4RL_REFERENCE_RETURNS = {
 
 
 def gym_env_id(task: str) -> str:
-    """Gymnasium id of a locomotion task name, e.g. 'hopper' -> 'Hopper-v5'."""
+    """Gymnasium id of a locomotion task name, e.g. 'hopper' -> 'Hopper-v5'; a registered gymnasium id passes as is."""
     if task in GYM_ENV_IDS:
         return GYM_ENV_IDS[task]
-    if task in GYM_ENV_IDS.values():
+    if task in GYM_ENV_IDS.values() or task in gym.registry:
         return task
     known = ", ".join(sorted(GYM_ENV_IDS))
-    raise ValueError(f"Unknown Gym task '{task}': use one of {known}.")
+    raise ValueError(f"Unknown Gym task '{task}': use one of {known}, or a registered gymnasium env id.")
 
 
 def make_gym_env(task: str, seed: int | None = None, render_mode: str | None = None) -> gym.Env:

@@ -1,0 +1,88 @@
+"""A one-step reach task with a known optimum, for learning tests of every fine-tuning algorithm.
+
+Each episode is one step: the observation is constant, the reward is 1 - ||a - TARGET||^2 and
+the episode terminates, so the best return is OPTIMUM = 1 at a = TARGET. `pretrain_toy_policy` fits
+a policy to poor demonstrations centred at DEMO_MEAN (return about 0). The reward is positive near
+the optimum so that DQL's Q normalization (-Q / mean|Q|) does not divide by values near zero.
+"""
+
+import os
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from model.common.gaussian import GaussianMLP, GaussianModel
+from model.diffusion.diffusion import DiffusionModel
+from model.diffusion.mlp import DiffusionMLP
+
+ENV_ID = "dppo-test/ReachBandit-v0"
+TARGET = np.array([0.5, -0.3], dtype=np.float32)
+DEMO_MEAN = np.array([-0.3, 0.3], dtype=np.float32)
+DEMO_STD = 0.1
+OPTIMUM = 1.0
+OBS_DIM, ACTION_DIM = 2, 2
+HIDDEN = [32, 32, 32]
+DENOISING_STEPS = 5
+
+
+class ReachBandit(gym.Env):
+    """Constant observation (OBS_DIM,), actions in [-1, 1]^ACTION_DIM, one step, reward 1 - ||a - TARGET||^2."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(OBS_DIM,), dtype=np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(OBS_DIM, dtype=np.float32), {}
+
+    def step(self, action):
+        reward = OPTIMUM - float(np.sum((np.clip(action, -1.0, 1.0) - TARGET) ** 2))
+        return np.zeros(OBS_DIM, dtype=np.float32), reward, True, False, {}
+
+
+if ENV_ID not in gym.registry:
+    gym.register(ENV_ID, entry_point=ReachBandit)
+
+
+def toy_overrides(policy_path, logdir) -> list[str]:
+    """Hydra overrides that point a fine-tuning config at the toy task and a tiny policy."""
+    return [
+        f"env_name={ENV_ID}", f"obs_dim={OBS_DIM}", f"action_dim={ACTION_DIM}", "horizon_steps=1", "act_steps=1",
+        "cond_steps=1", f"base_policy_path={policy_path}", "normalization_path=null", f"logdir={logdir}",
+        "wandb=null", "device=cpu", "env.asynchronous=false", f"model.network.mlp_dims={HIDDEN}",
+        "dataset_dir=unused",
+    ]
+
+
+def demo_actions(n: int, seed: int = 0) -> torch.Tensor:
+    """(n, 1, ACTION_DIM) poor demonstrations around DEMO_MEAN."""
+    rng = np.random.default_rng(seed)
+    return torch.as_tensor(DEMO_MEAN + DEMO_STD * rng.normal(size=(n, 1, ACTION_DIM)), dtype=torch.float32)
+
+
+def pretrain_toy_policy(directory, kind: str, steps: int = 400, seed: int = 0) -> str:
+    """Behaviour cloning of a tiny diffusion or Gaussian policy on the poor demonstrations; returns its policy file."""
+    torch.manual_seed(seed)
+    if kind == "diffusion":
+        network = DiffusionMLP(action_dim=ACTION_DIM, horizon_steps=1, cond_dim=OBS_DIM, mlp_dims=HIDDEN)
+        model = DiffusionModel(network, horizon_steps=1, obs_dim=OBS_DIM, action_dim=ACTION_DIM,
+                               denoising_steps=DENOISING_STEPS)
+    else:
+        network = GaussianMLP(action_dim=ACTION_DIM, horizon_steps=1, cond_dim=OBS_DIM, mlp_dims=HIDDEN)
+        model = GaussianModel(network, horizon_steps=1, obs_dim=OBS_DIM, action_dim=ACTION_DIM)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    actions = demo_actions(1024, seed)
+    cond = {"state": torch.zeros(256, 1, OBS_DIM)}
+    for step in range(steps):
+        idx = torch.randint(len(actions), (256,))
+        loss = model.loss(actions[idx], cond)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    path = os.path.join(directory, f"{kind}_toy.pt")
+    torch.save({"network": network.state_dict()}, path)
+    return path
