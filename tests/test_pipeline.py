@@ -104,6 +104,47 @@ def test_finetuning_two_iterations(pretrained, tmp_path):
     assert os.path.exists(tmp_path / "checkpoint" / "last.pt")
 
 
+@pytest.mark.parametrize("config_name, extra", [
+    ("ft_rwr_diffusion_mlp", ["train.batch_size=4"]),
+    ("ft_awr_diffusion_mlp", ["train.buffer_size=8", "train.replay_ratio=2", "model.critic.mlp_dims=[32,32,32]"]),
+    ("ft_dql_diffusion_mlp", ["train.buffer_size=8", "train.replay_ratio=2", "train.n_critic_warmup_itr=1",
+                              "model.critic.mlp_dims=[32,32,32]"]),
+    ("ft_idql_diffusion_mlp", ["train.buffer_size=8", "train.replay_ratio=2", "train.n_critic_warmup_itr=1",
+                               "model.critic_q.mlp_dims=[32,32,32]", "model.critic_v.mlp_dims=[32,32,32]"]),
+])
+def test_baseline_finetuning_two_iterations_on_hopper(pretrained, tmp_path, config_name, extra):
+    dataset_dir, _ = pretrained
+    overrides = [o for o in finetune_overrides(dataset_dir, tmp_path, n_train_itr=2)
+                 if not o.startswith(("model.critic", "ft_denoising_steps", "train.update_epochs"))]
+    run_config(config_name, overrides + extra)
+    train = [r for r in read_metrics(tmp_path) if "train/env_steps" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    assert train[-1]["train/env_steps"] > train[0]["train/env_steps"] > 0
+    assert os.path.exists(tmp_path / "checkpoint" / "last.pt")
+
+
+def test_gaussian_ppo_two_iterations_from_gaussian_bc(tmp_path):
+    dataset_dir = tmp_path / "data"
+    write_hopper_dataset(dataset_dir)
+    run_config("pre_gaussian_mlp", TINY_MODEL + [
+        f"dataset_dir={dataset_dir}", f"logdir={tmp_path / 'bc'}", "train.n_epochs=1", "train.batch_size=16",
+        f"export_policy_path={dataset_dir}/pretrained/gaussian_mlp.pt",
+    ])
+    run_dir = tmp_path / "ft"
+    overrides = [o for o in finetune_overrides(dataset_dir, run_dir, n_train_itr=2)
+                 if not o.startswith(("denoising_steps", "ft_denoising_steps"))]
+    run_config("ft_ppo_gaussian_mlp", overrides)
+    train = [r for r in read_metrics(run_dir) if "train/pg_loss" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    assert all(np.isfinite(r["train/pg_loss"]) for r in train)
+
+
+def test_ddim_without_ddim_steps_gets_one_line():
+    cfg = compose_config("ft_ppo_diffusion_mlp", ["use_ddim=true"])
+    with pytest.raises(ConfigError, match="use_ddim=true needs ddim_steps"):
+        validate_config(cfg)
+
+
 def test_resume_reproduces_uninterrupted_run(pretrained, tmp_path):
     dataset_dir, _ = pretrained
     straight, resumed = tmp_path / "straight", tmp_path / "runs" / "2026-01-01_00-00-00_42"
