@@ -29,7 +29,8 @@ ALGORITHMS = {
     "ft_awr_diffusion_mlp": ["denoising_steps=5", "train.buffer_size=32", "train.batch_size=64", "train.replay_ratio=8",
                              "train.critic_update_ratio=1", "model.critic.mlp_dims=[32,32,32]"],
     # one-step returns are ~1, so rewards stay unscaled: Hopper's discounted returns at scale 0.01 are ~1-3 too
-    "ft_dql_diffusion_mlp": ["denoising_steps=5", "train.reward_scale_const=1", "train.actor_lr=3e-4", "train.buffer_size=32", "train.batch_size=64", "train.replay_ratio=8",
+    "ft_dql_diffusion_mlp": ["denoising_steps=5", "train.reward_scale_const=1", "train.actor_lr=3e-4",
+                             "train.buffer_size=32", "train.batch_size=64", "train.replay_ratio=8",
                              "train.n_critic_warmup_itr=1", "model.critic.mlp_dims=[32,32,32]"],
     # IDQL improves only through the candidates its implicit policy picks for the replay: slower
     "ft_idql_diffusion_mlp": ["denoising_steps=5", "train.reward_scale_const=1", "train.n_train_itr=16",

@@ -7,7 +7,9 @@ algorithm has one, call the algorithm's `update`, then log, evaluate every
 `val_freq` iterations and checkpoint. Resuming restores all of it.
 
 An algorithm is a subclass that builds its optimizers in `__init__` (with
-`add_optimizer`), ends `__init__` with `self.start()`, and writes `update(rollout)`.
+`add_optimizer`), ends `__init__` with `self.start()`, and writes `update(rollout)`;
+`off_policy = True` gives it a replay buffer (`self.replay`) that already holds
+the rollout when `update` runs.
 How it acts is its model's: `model.explore(cond) -> (actions, stored)` while
 training and `model.act(cond)` in evaluation.
 """
@@ -34,6 +36,7 @@ from dppo.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from dppo.config import require
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from dppo.schedulers import RunningRewardScaler, WarmupCosineLR
@@ -43,6 +46,8 @@ EVAL_SEED_OFFSET = 1_000_000
 
 
 class FinetuneAgent:
+    off_policy = False  # off-policy algorithms get a replay buffer of train.buffer_size chunk-steps per env
+
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         set_seed(cfg.seed)
@@ -59,8 +64,11 @@ class FinetuneAgent:
         self.model = hydra.utils.instantiate(cfg.model)
         train = cfg.train
         self.reward_scaler = RunningRewardScaler(self.n_envs, gamma=train.gamma) if train.reward_scale_running else None
-        buffer_size = train.get("buffer_size")
-        self.replay = ReplayBuffer(buffer_size, self.n_envs, self.device) if buffer_size is not None else None
+        self.replay = None
+        if self.off_policy:
+            require(train.get("buffer_size") is not None,
+                    f"{type(self).__name__} replays its data: set train.buffer_size (chunk-steps per env).")
+            self.replay = ReplayBuffer(train.buffer_size, self.n_envs, self.device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.lr_schedulers: dict[str, WarmupCosineLR] = {}
         self.itr = 0
@@ -92,12 +100,14 @@ class FinetuneAgent:
         """Restore what `algorithm_state` returned."""
 
     # ---- optimizers ----------------------------------------------------------------------------
-    def add_optimizer(self, name: str, parameters, lr: float, weight_decay: float,
-                      scheduler: DictConfig) -> torch.optim.Optimizer:
-        """AdamW with a warmup-cosine LR schedule, saved with checkpoints and stepped once per iteration."""
-        optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    def add_optimizer(self, name: str, parameters, role: str) -> torch.optim.Optimizer:
+        """AdamW with a warmup-cosine LR schedule from train.<role>_lr, <role>_weight_decay and
+        <role>_lr_scheduler (role: actor or critic); saved with checkpoints, stepped once per iteration."""
+        train = self.cfg.train
+        lr = train[f"{role}_lr"]
+        optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=train[f"{role}_weight_decay"])
         self.optimizers[name] = optimizer
-        self.lr_schedulers[name] = WarmupCosineLR(optimizer, max_lr=lr, **scheduler)
+        self.lr_schedulers[name] = WarmupCosineLR(optimizer, max_lr=lr, **train[f"{role}_lr_scheduler"])
         return optimizer
 
     @property

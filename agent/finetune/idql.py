@@ -13,20 +13,16 @@ from omegaconf import DictConfig
 from agent.finetune.base import FinetuneAgent, mean_metrics
 from agent.finetune.replay import replay_gradient_steps
 from agent.finetune.rollout import Rollout
-from dppo.config import require
 
 
 class IDQLAgent(FinetuneAgent):
+    off_policy = True
+
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
-        train = cfg.train
-        require(self.replay is not None, "IDQL replays its data: set train.buffer_size (chunk-steps per env).")
-        self.actor_optimizer = self.add_optimizer("actor", self.model.network.parameters(), train.actor_lr,
-                                                  train.actor_weight_decay, train.actor_lr_scheduler)
-        self.critic_v_optimizer = self.add_optimizer("critic_v", self.model.critic_v.parameters(), train.critic_lr,
-                                                     train.critic_weight_decay, train.critic_lr_scheduler)
-        self.critic_q_optimizer = self.add_optimizer("critic_q", self.model.critic_q.parameters(), train.critic_lr,
-                                                     train.critic_weight_decay, train.critic_lr_scheduler)
+        self.actor_optimizer = self.add_optimizer("actor", self.model.network.parameters(), role="actor")
+        self.critic_v_optimizer = self.add_optimizer("critic_v", self.model.critic_v.parameters(), role="critic")
+        self.critic_q_optimizer = self.add_optimizer("critic_q", self.model.critic_q.parameters(), role="critic")
         self.start()
 
     def update(self, rollout: Rollout) -> dict:

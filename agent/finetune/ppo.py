@@ -25,10 +25,8 @@ class PPOAgent(FinetuneAgent):
         require(train.batch_size <= n_samples,
                 f"train.batch_size={train.batch_size} exceeds the {n_samples} samples of an iteration "
                 f"(env.n_envs * train.n_steps): lower train.batch_size or raise train.n_steps.")
-        self.actor_optimizer = self.add_optimizer("actor", self.model.actor_parameters(), train.actor_lr,
-                                                  train.actor_weight_decay, train.actor_lr_scheduler)
-        self.critic_optimizer = self.add_optimizer("critic", self.model.critic.parameters(), train.critic_lr,
-                                                   train.critic_weight_decay, train.critic_lr_scheduler)
+        self.actor_optimizer = self.add_optimizer("actor", self.model.actor_parameters(), role="actor")
+        self.critic_optimizer = self.add_optimizer("critic", self.model.critic.parameters(), role="critic")
         self.start()
 
     def update(self, rollout: Rollout) -> dict:

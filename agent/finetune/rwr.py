@@ -22,9 +22,7 @@ RETURN_EPS = 1e-3  # the reference's epsilon when standardizing DRWR returns
 class RWRAgent(FinetuneAgent):
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
-        train = cfg.train
-        self.actor_optimizer = self.add_optimizer("actor", self.model.network.parameters(), train.actor_lr,
-                                                  train.actor_weight_decay, train.actor_lr_scheduler)
+        self.actor_optimizer = self.add_optimizer("actor", self.model.network.parameters(), role="actor")
         self.start()
 
     def update(self, rollout: Rollout) -> dict:

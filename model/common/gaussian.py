@@ -7,8 +7,8 @@ from torch import nn
 
 from dppo.checkpoint import load_state_dict_checked
 from model.common.mlp import make_mlp
-from model.diffusion.pretrained import pretrained_network_state
 from model.diffusion.diffusion import Sample
+from model.diffusion.pretrained import pretrained_network_state
 
 INITIAL_LOG_STD = -1.0
 
