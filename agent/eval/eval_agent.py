@@ -4,6 +4,8 @@ Works with every checkpoint the project writes; each carries the config of its m
 - `policy.pt` of pre-training (EMA denoiser weights + `model_config`),
 - `state_<epoch>.pt` of pre-training (its EMA weights are evaluated),
 - `state_<itr>.pt` / `last.pt` of fine-tuning (the whole fine-tuned model).
+The policy acts as its algorithm does: `model.act` when deterministic (IDQL: the best of its
+candidates by Q), `model.explore` otherwise.
 """
 
 import json
@@ -59,7 +61,7 @@ class EvalAgent:
     def run(self) -> dict:
         cfg = self.cfg
         episodes = run_episodes(
-            self.venv, lambda obs: self.model.sample({"state": obs}, deterministic=cfg.deterministic).actions,
+            self.venv, lambda obs: self.model.act({"state": obs}) if cfg.deterministic else self.model.explore({"state": obs})[0],
             n_episodes=cfg.n_episodes, act_steps=cfg.act_steps, seed=cfg.seed,
         )
         results = summarize(episodes)
