@@ -20,6 +20,10 @@ ARCHITECTURE_FIX = (
 )
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint holds pickled objects that `torch.load(weights_only=True)` refuses to build."""
+
+
 def save_checkpoint(path: str, state: dict) -> None:
     """Write `state` to `path` atomically (temporary file, fsync, rename); creates parent dirs."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -37,12 +41,24 @@ def save_checkpoint(path: str, state: dict) -> None:
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Read a checkpoint written by `save_checkpoint`; raises one-line errors for missing or corrupt files."""
+    """Read a checkpoint written by `save_checkpoint`; raises one-line errors for missing or corrupt files.
+
+    Loads with `weights_only=True`: tensors, numbers, strings, None and containers of them, nothing
+    that could run code. A checkpoint holding other pickled objects raises `UnsafeCheckpointError`.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path} not found: check the path, or train first to create it.")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "unsupported global" not in str(e).lower():  # not a refused object: a damaged pickle stream
+            raise ValueError(f"Checkpoint {path} is corrupt or unreadable ({_one_line(e)}): delete it or point to "
+                             "another checkpoint.") from e
+        raise UnsafeCheckpointError(
+            f"Checkpoint {path} was refused: it holds Python objects other than tensors and plain data, which could "
+            "run code when loaded; load only checkpoints written by dppo, or re-save its tensors from a trusted copy."
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise ValueError(
             f"Checkpoint {path} is corrupt or unreadable ({_one_line(e)}): delete it or point to another checkpoint."
         ) from e
@@ -141,10 +157,14 @@ def resolve_resume(resume, name_dir: str) -> tuple[str, str] | None:
 
 
 def rng_state() -> dict:
-    """States of python `random`, the numpy global RNG, torch CPU and (when available) all CUDA RNGs."""
+    """States of python `random`, the numpy global RNG, torch CPU and (when available) all CUDA RNGs.
+
+    Plain data and tensors only (numpy's key array is stored as a tensor), so it loads with weights_only.
+    """
+    bit_generator, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (bit_generator, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -156,7 +176,8 @@ def set_rng_state(state: dict) -> None:
     CUDA states are restored for the devices present in both the checkpoint and this machine.
     """
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    bit_generator, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((bit_generator, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] is not None and torch.cuda.is_available():
         for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):

@@ -85,11 +85,13 @@ class RunningMeanStd:
         self.count = total
 
     def state_dict(self) -> dict:
-        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": self.count}
+        """Tensors and a float, so checkpoints load with weights_only."""
+        return {"mean": torch.tensor(self.mean, dtype=torch.float64), "var": torch.tensor(self.var, dtype=torch.float64),
+                "count": float(self.count)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.mean = np.array(state["mean"], dtype=np.float64)
-        self.var = np.array(state["var"], dtype=np.float64)
+        self.mean = np.asarray(state["mean"], dtype=np.float64).copy()
+        self.var = np.asarray(state["var"], dtype=np.float64).copy()
         self.count = float(state["count"])
 
 
@@ -131,10 +133,10 @@ class RunningRewardScaler:
         return torch.as_tensor(scaled, dtype=rewards.dtype, device=rewards.device)
 
     def state_dict(self) -> dict:
-        return {"ret": self.ret.copy(), "rms": self.rms.state_dict()}
+        return {"ret": torch.from_numpy(self.ret.copy()), "rms": self.rms.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        ret = np.array(state["ret"], dtype=np.float64)
+        ret = np.asarray(state["ret"], dtype=np.float64).copy()
         if ret.shape != self.ret.shape:
             raise ValueError(
                 f"The saved reward scaler tracks {ret.shape[0]} envs but this run has {self.ret.shape[0]}: "

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dppo.checkpoint import (
+    UnsafeCheckpointError,
     checkpoint_dir,
     checkpoint_path,
     find_resume_checkpoint,
@@ -20,12 +21,33 @@ from dppo.checkpoint import (
 
 def test_save_load_round_trip_creates_parent_dirs(tmp_path):
     path = str(tmp_path / "a" / "b" / "state.pt")
-    state = {"itr": 3, "weights": torch.arange(4.0), "np_rng": np.random.get_state()}
+    state = {"itr": 3, "weights": torch.arange(4.0), "rng": rng_state()}
     save_checkpoint(path, state)
     loaded = load_checkpoint(path)
     assert loaded["itr"] == 3
     assert torch.equal(loaded["weights"], torch.arange(4.0))
     assert os.listdir(tmp_path / "a" / "b") == ["state.pt"]
+
+
+class RunsCodeWhenLoaded:
+    """A pickle payload that would create `marker` when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoint_that_would_run_code_is_refused_with_one_line(tmp_path):
+    path, marker = str(tmp_path / "evil.pt"), str(tmp_path / "pwned")
+    torch.save({"itr": 1, "payload": RunsCodeWhenLoaded(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"Checkpoint {path} was refused: it holds Python objects other than tensors")
+    assert not os.path.exists(marker), "nothing in the checkpoint ran"
 
 
 class Unpicklable:
