@@ -43,23 +43,40 @@ class MetricLogger:
         config: plain dict of the run's config, stored by wandb.
         resume: keep the metrics already in `run_dir` and append to them;
             without it, existing metric files in `run_dir` are replaced.
+        resume_step: with `resume`, the step of the checkpoint the run resumes from: rows logged
+            after it (by the run that died after its last checkpoint) are dropped, so the steps that
+            run again are not logged twice. If any were dropped, wandb starts a new run that gets the
+            kept history first, so its steps match the local files too.
     """
 
-    def __init__(self, run_dir: str, wandb_cfg: dict | None = None, config: dict | None = None, resume: bool = False):
+    def __init__(self, run_dir: str, wandb_cfg: dict | None = None, config: dict | None = None, resume: bool = False,
+                 resume_step: int | None = None):
         self.run_dir = run_dir
         self.jsonl_path = os.path.join(run_dir, "metrics.jsonl")
         self.csv_path = os.path.join(run_dir, "metrics.csv")
         self.history: list[dict] = []
         self.keys: dict[str, None] = {}  # metric keys in order of first appearance
         os.makedirs(run_dir, exist_ok=True)
+        dropped = False
         if resume and os.path.isfile(self.jsonl_path):
             self.history = self._read_jsonl()
+            if resume_step is not None:
+                kept = [row for row in self.history if row["step"] <= resume_step]
+                dropped = len(kept) < len(self.history)
+                self.history = kept
             for row in self.history:
                 self.keys.update(dict.fromkeys(key for key in row if key != "step"))
-        with open(self.jsonl_path, "w") as f:
+        tmp_path = self.jsonl_path + ".tmp"
+        with open(tmp_path, "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in self.history)
+        os.replace(tmp_path, self.jsonl_path)
         self._rewrite_csv()
-        self.run = self._init_wandb(wandb_cfg, config, resume) if wandb_cfg is not None else None
+        self.run = None
+        if wandb_cfg is not None:
+            self.run = self._init_wandb(wandb_cfg, config, resume=resume and not dropped)
+            if self.run is not None and dropped:
+                for row in self.history:
+                    self.run.log({key: value for key, value in row.items() if key != "step"}, step=row["step"])
 
     def _read_jsonl(self) -> list[dict]:
         """Rows of an existing metrics.jsonl; a line cut short by a crash is skipped with a warning."""

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dppo.config import ConfigError, register_resolvers, startup_error_line, validate_config  # noqa: E402
+from dppo.divergence import NonFiniteError  # noqa: E402
 
 register_resolvers()
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfg")
@@ -37,7 +38,10 @@ def main(cfg: DictConfig) -> None:
         agent = hydra.utils.get_class(cfg._target_)(cfg)
     except (ConfigError, FileNotFoundError, ValueError, InstantiationException) as error:
         sys.exit(startup_error_line(error))
-    agent.run()
+    try:
+        agent.run()
+    except NonFiniteError as error:
+        sys.exit(str(error))
 
 
 

@@ -2,12 +2,13 @@
 
 import os
 
+import hydra
 import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from dppo.config import register_resolvers
+from dppo.config import register_resolvers, validate_config
 
 torch.set_num_threads(1)
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfg")
@@ -43,3 +44,31 @@ def compose_config(config_name: str, overrides: list[str]):
 @pytest.fixture
 def compose_cfg():
     return compose_config
+
+
+def run_config(config_name, overrides):
+    cfg = compose_config(config_name, overrides)
+    validate_config(cfg)
+    return hydra.utils.get_class(cfg._target_)(cfg).run()
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny diffusion policy pre-trained for 2 epochs on a tiny dataset: (dataset_dir, run_dir)."""
+    root = tmp_path_factory.mktemp("pretrain")
+    dataset_dir = root / "data"
+    write_hopper_dataset(dataset_dir)
+    run_dir = root / "run"
+    run_config("pre_diffusion_mlp", TINY_MODEL + [
+        f"dataset_dir={dataset_dir}", f"logdir={run_dir}", "train.n_epochs=2", "train.batch_size=16",
+        f"export_policy_path={dataset_dir}/pretrained/diffusion_mlp.pt",
+    ])
+    return dataset_dir, run_dir
+
+
+def finetune_overrides(dataset_dir, run_dir, n_train_itr):
+    return TINY_MODEL + TINY_CRITIC + [
+        f"dataset_dir={dataset_dir}", f"logdir={run_dir}", "env.n_envs=2", "env.asynchronous=false",
+        "train.n_steps=8", f"train.n_train_itr={n_train_itr}", "train.batch_size=8", "train.update_epochs=2",
+        "train.val_freq=2", "train.reset_at_iteration=true", "denoising_steps=10", "ft_denoising_steps=4",
+    ]

@@ -37,6 +37,7 @@ from dppo.checkpoint import (
     set_rng_state,
 )
 from dppo.config import require
+from dppo.divergence import check_finite
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from dppo.schedulers import RunningRewardScaler, WarmupCosineLR
@@ -84,7 +85,8 @@ class FinetuneAgent:
             self.load(self.resume_path)
         prepare_run_dir(self.logdir, self.cfg)
         self.logger = MetricLogger(self.logdir, wandb_cfg=wandb_config(self.cfg),
-                                   config=OmegaConf.to_container(self.cfg), resume=self.resume_path is not None)
+                                   config=OmegaConf.to_container(self.cfg), resume=self.resume_path is not None,
+                                   resume_step=self.itr)
         print(f"{type(self).__name__} on {self.cfg.env_name} with {self.n_envs} envs; run dir {self.logdir}")
 
     # ---- what an algorithm writes ------------------------------------------------------------
@@ -146,6 +148,8 @@ class FinetuneAgent:
             if self.replay is not None:
                 self.replay.add_rollout(rollout)
             metrics = self.update(rollout)
+            check_finite(f"Iteration {self.itr + 1}", metrics, self.model,
+                         last_good=f"checkpoint/last.pt (iteration {self.itr})" if self.itr else "the pre-trained policy")
             self.step_lr_schedulers()
             update_time = timer.lap()
 

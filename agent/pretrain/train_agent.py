@@ -24,6 +24,7 @@ from dppo.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from dppo.divergence import check_finite
 from dppo.ema import EMA
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
@@ -53,7 +54,7 @@ class PreTrainAgent:
             self.load(resume[0])
         prepare_run_dir(self.logdir, cfg)
         self.logger = MetricLogger(self.logdir, wandb_cfg=wandb_config(cfg), config=OmegaConf.to_container(cfg),
-                                   resume=resume is not None)
+                                   resume=resume is not None, resume_step=self.epoch)
 
     def run(self) -> None:
         train = self.cfg.train
@@ -71,6 +72,8 @@ class PreTrainAgent:
                 self.step += 1
                 self.ema.update(self.model.network, self.step)
                 losses.append(loss.item())
+            check_finite(f"Epoch {epoch + 1}", {"loss": sum(losses) / len(losses)}, self.model,
+                         last_good=f"checkpoint/last.pt (epoch {self.epoch})" if self.epoch else "nothing saved yet")
             self.epoch = epoch + 1
             self.logger.log({"loss": sum(losses) / len(losses), "lr": self.optimizer.param_groups[0]["lr"],
                              "epoch": self.epoch, "gradient_steps": self.step, "wall_time": time.time() - start},

@@ -76,7 +76,7 @@ class GaussianModel(nn.Module):
     def loss(self, actions: torch.Tensor, cond: dict) -> torch.Tensor:
         """Negative log-likelihood of the demonstrated chunks, averaged over elements. actions: (B, Ta, Da)."""
         mean, std = self.network(cond)
-        return -torch.distributions.Normal(mean, std).log_prob(actions).mean()
+        return -torch.distributions.Normal(mean, std, validate_args=False).log_prob(actions).mean()
 
     @torch.no_grad()
     def sample(self, cond: dict, deterministic: bool = False) -> Sample:

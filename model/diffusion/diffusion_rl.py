@@ -55,5 +55,5 @@ class FinetuneDiffusion(DiffusionModel):
         network = self.actor_ft if network is None else network
         mean, log_var = self.p_mean_var(x_in, k, cond_rep, network, deterministic=False)
         std = (0.5 * log_var).exp().clamp(min=self.min_logprob_denoising_std)
-        log_prob = torch.distributions.Normal(mean, std).log_prob(x_out)
+        log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(x_out)
         return log_prob.view(batch, n_ft, self.horizon_steps, self.action_dim)

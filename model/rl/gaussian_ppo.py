@@ -31,7 +31,8 @@ class PPOGaussian(GaussianModel):
     def log_probs(self, cond: dict, stored: dict) -> torch.Tensor:
         """Clamped mean log-density of stored["actions"]: (B, Ta, Da) -> (B,)."""
         mean, std = self.network(cond)
-        log_prob = torch.distributions.Normal(mean, std).log_prob(stored["actions"]).mean(dim=(-2, -1))
+        log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(stored["actions"])
+        log_prob = log_prob.mean(dim=(-2, -1))
         return log_prob.clamp(self.logprob_min, self.logprob_max)
 
     def loss(self, cond: dict, stored: dict, returns: torch.Tensor, old_values: torch.Tensor,
