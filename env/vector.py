@@ -41,6 +41,9 @@ class VectorStep:
     final_obs:  (n_envs, To, Do) float32, last obs of the ended episode where one ended, else `obs`
     n_executed: (n_envs,) int64, simulator steps run
     sim_errors: (n_envs,) int64, simulator failures turned into truncations
+    cut:        (n_envs,) bool, the episode ended for a reason other than the task: a simulator failure or a
+                restart of the vector env after a worker died (every env). Cut episodes are truncations for
+                learning but not finished episodes for the statistics.
     """
 
     obs: torch.Tensor
@@ -50,6 +53,7 @@ class VectorStep:
     final_obs: torch.Tensor
     n_executed: torch.Tensor
     sim_errors: torch.Tensor
+    cut: torch.Tensor
 
 
 def _per_env_info(info: dict, key: str, num_envs: int) -> np.ndarray:
@@ -96,7 +100,8 @@ class TorchVectorEnv:
     def _tensor(self, x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(x).to(device=self.device, dtype=dtype)
 
-    def _vector_step(self, obs, reward, terminated, truncated, final_obs, n_executed, sim_errors) -> VectorStep:
+    def _vector_step(self, obs, reward, terminated, truncated, final_obs, n_executed, sim_errors,
+                     restarted: bool = False) -> VectorStep:
         """Numpy arrays (see `VectorStep`) -> tensors on the device."""
         return VectorStep(
             obs=self._tensor(obs, torch.float32),
@@ -106,6 +111,7 @@ class TorchVectorEnv:
             final_obs=self._tensor(final_obs, torch.float32),
             n_executed=self._tensor(n_executed, torch.int64),
             sim_errors=self._tensor(sim_errors, torch.int64),
+            cut=self._tensor((np.asarray(sim_errors) > 0) | restarted, torch.bool),
         )
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
@@ -152,7 +158,7 @@ class TorchVectorEnv:
         obs, _ = self._env.reset()
         self._obs = np.array(obs, dtype=np.float32)
         zeros, ones = np.zeros(self.num_envs), np.ones(self.num_envs)
-        return self._vector_step(self._obs, zeros, zeros, ones, final_obs, zeros, zeros)
+        return self._vector_step(self._obs, zeros, zeros, ones, final_obs, zeros, zeros, restarted=True)
 
     def _close_broken(self) -> None:
         """Closes an async vector env with a dead worker.

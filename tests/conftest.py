@@ -72,3 +72,17 @@ def finetune_overrides(dataset_dir, run_dir, n_train_itr):
         "train.n_steps=8", f"train.n_train_itr={n_train_itr}", "train.batch_size=8", "train.update_epochs=2",
         "train.val_freq=2", "train.reset_at_iteration=true", "denoising_steps=10", "ft_denoising_steps=4",
     ]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: load tests run for docs/RELIABILITY.md, not in CI (pytest -m slow)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `slow` tests unless they are asked for with `-m slow`."""
+    if "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="load test: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -86,3 +86,48 @@ def pretrain_toy_policy(directory, kind: str, steps: int = 400, seed: int = 0) -
     path = os.path.join(directory, f"{kind}_toy.pt")
     torch.save({"network": network.state_dict()}, path)
     return path
+
+
+COUNTING_ID = "dppo-test/Counting-v0"
+COUNTING_NAN_ID = "dppo-test/CountingNaN-v0"
+EPISODE_LENGTH = 10
+
+
+class CountingEnv(gym.Env):
+    """Episodes of exactly EPISODE_LENGTH steps with reward 1 per step, for counting tests of the vector env.
+
+    Observation: (instance id, episode index, step in episode), so every episode of every env instance
+    has its own id. With `nan_at`, the instance's nan_at-th step returns a NaN observation once.
+    """
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(3,), dtype=np.float64)
+    action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+
+    def __init__(self, render_mode=None, nan_at: int | None = None):
+        self.render_mode = render_mode
+        self.nan_at = nan_at
+        self.instance = float(os.getpid() * 1000 + id(self) % 1000)
+        self.total_steps = 0
+        self.episode = -1
+        self.t = 0
+
+    def _obs(self):
+        return np.array([self.instance, self.episode, self.t], dtype=np.float64)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode += 1
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.total_steps += 1
+        self.t += 1
+        if self.total_steps == self.nan_at:
+            return np.full(3, np.nan), 1.0, False, False, {}
+        return self._obs(), 1.0, self.t == EPISODE_LENGTH, False, {}
+
+
+for _id, _kwargs in ((COUNTING_ID, {}), (COUNTING_NAN_ID, {"nan_at": 51})):
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=CountingEnv, kwargs=_kwargs)

@@ -23,7 +23,7 @@ def run_episodes(venv, act: Callable[[torch.Tensor], torch.Tensor], n_episodes: 
     obs = venv.reset(seed=seed)
     while any(len(done) < per_env for done in episodes):
         step = venv.step(act(obs)[:, :act_steps])
-        for env, stats in tracker.update(step.reward, step.n_executed, step.terminated | step.truncated):
+        for env, stats in tracker.update(step.reward, step.n_executed, step.terminated | step.truncated, step.cut):
             if len(episodes[env]) < per_env:
                 episodes[env].append(stats)
         obs = step.obs

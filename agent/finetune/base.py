@@ -190,7 +190,7 @@ class FinetuneAgent:
         """
         steps = {key: [] for key in ("obs", "next_obs", "actions", "rewards", "terminated", "ends", "firsts")}
         stored_steps = []
-        episodes, env_steps, sim_errors = [], 0, 0
+        episodes, env_steps, sim_errors, cut_before = [], 0, 0, self.tracker.n_cut
         for _ in range(self.cfg.train.n_steps):
             with torch.no_grad():
                 actions, stored = self.model.explore({"state": obs})
@@ -201,7 +201,7 @@ class FinetuneAgent:
                                ("firsts", self.next_firsts)):
                 steps[key].append(value)
             stored_steps.append(stored)
-            episodes += [stats for _, stats in self.tracker.update(result.reward, result.n_executed, ends)]
+            episodes += [stats for _, stats in self.tracker.update(result.reward, result.n_executed, ends, result.cut)]
             env_steps += int(result.n_executed.sum())
             sim_errors += int(result.sim_errors.sum())
             self.next_firsts = ends
@@ -214,7 +214,8 @@ class FinetuneAgent:
                           terminated=steps["terminated"], ends=steps["ends"], firsts=steps["firsts"])
         self.env_steps += env_steps
         metrics = summarize(episodes)
-        metrics.update({"iteration_env_steps": env_steps, "sim_errors": sim_errors})
+        metrics.update({"iteration_env_steps": env_steps, "sim_errors": sim_errors,
+                        "cut_episodes": self.tracker.n_cut - cut_before})
         return rollout, obs, metrics
 
     def scale_rewards(self, rewards: torch.Tensor, firsts: torch.Tensor) -> torch.Tensor:

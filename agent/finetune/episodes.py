@@ -16,26 +16,36 @@ class EpisodeStats:
 
 
 class EpisodeTracker:
-    """Accumulates per-env returns over chunk-steps and reports the episodes that finish."""
+    """Accumulates per-env returns over chunk-steps and reports the episodes that finish.
+
+    An episode that was cut (simulator failure, vector env restart) is not a finished episode:
+    it is counted in `n_cut` and left out of the statistics.
+    """
 
     def __init__(self, n_envs: int, act_steps: int):
         self.act_steps = act_steps
+        self.n_cut = 0
         self.returns = np.zeros(n_envs)
         self.lengths = np.zeros(n_envs, dtype=np.int64)
         self.best = np.full(n_envs, -np.inf)
 
-    def update(self, rewards: torch.Tensor, n_executed: torch.Tensor,
-               episode_ends: torch.Tensor) -> list[tuple[int, EpisodeStats]]:
-        """rewards (N,) raw chunk rewards, n_executed (N,) simulator steps, episode_ends (N,) bool -> finished (env, stats)."""
+    def update(self, rewards: torch.Tensor, n_executed: torch.Tensor, episode_ends: torch.Tensor,
+               cut: torch.Tensor | None = None) -> list[tuple[int, EpisodeStats]]:
+        """rewards (N,) raw chunk rewards, n_executed (N,) simulator steps, episode_ends (N,) bool,
+        cut (N,) bool (ends that are not finished episodes) -> finished (env, stats)."""
         rewards = rewards.cpu().numpy()
         ends = episode_ends.cpu().numpy()
+        cut = np.zeros_like(ends) if cut is None else cut.cpu().numpy() & ends
         self.returns += rewards
         self.lengths += n_executed.cpu().numpy()
         self.best = np.maximum(self.best, rewards / self.act_steps)
         finished = []
         for env in np.flatnonzero(ends):
-            finished.append((int(env), EpisodeStats(float(self.returns[env]), int(self.lengths[env]),
-                                                    float(self.best[env]))))
+            if cut[env]:
+                self.n_cut += 1
+            else:
+                finished.append((int(env), EpisodeStats(float(self.returns[env]), int(self.lengths[env]),
+                                                        float(self.best[env]))))
             self.returns[env], self.lengths[env], self.best[env] = 0.0, 0, -np.inf
         return finished
 
