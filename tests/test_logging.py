@@ -106,3 +106,21 @@ def test_wandb_failure_warns_and_continues(tmp_path, capsys):
     assert logger.run is None
     assert "Warning: wandb is off" in capsys.readouterr().out
     logger.log({"loss": 1.0}, step=0)
+
+
+def test_wandb_resume_after_dropped_rows_starts_a_run_with_the_kept_history(tmp_path, monkeypatch):
+    """A crash after the checkpoint left steps 4-5 logged; resuming at step 3 must not keep them in wandb."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb_cfg = {"project": "dppo-test", "mode": "offline"}
+    logger = MetricLogger(str(tmp_path), wandb_cfg=wandb_cfg)
+    for step in range(1, 6):
+        logger.log({"loss": float(step)}, step=step)
+    first_id = logger.run.id
+    logger.close()
+
+    resumed = MetricLogger(str(tmp_path), wandb_cfg=wandb_cfg, resume=True, resume_step=3)
+    assert resumed.run.id != first_id
+    with open(tmp_path / "wandb_id.txt") as f:
+        assert f.read().strip() == resumed.run.id
+    assert resumed.run.step == 3, "the new wandb run holds the kept rows, up to step 3, so step 4 is accepted"
+    resumed.close()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from agent.finetune.base import curve_panels
 from agent.finetune.replay import ReplayBuffer, replay_gradient_steps
 from agent.finetune.returns import episode_returns_to_go
 from model.common.critic import DoubleCriticObsAct, soft_update
@@ -236,3 +237,11 @@ def test_idql_acting_picks_the_best_candidate_and_explores_with_implicit_weights
     explored, stored = model.explore(cond)
     assert stored == {}
     torch.testing.assert_close(explored, candidates[q.argmax(0), torch.arange(3)])
+
+
+def test_curve_panels_follow_the_losses_an_algorithm_logs():
+    dql_keys = ["train/critic_loss", "train/actor_loss", "train/bc_loss", "train/q_loss", "train/episode_return",
+                "eval/episode_return", "train/gradient_steps"]
+    assert curve_panels(dql_keys) == {
+        "reward": ["train/episode_return", "eval/episode_return"], "critic_loss": ["train/critic_loss"],
+        "actor_loss": ["train/actor_loss"], "bc_loss": ["train/bc_loss"], "q_loss": ["train/q_loss"]}

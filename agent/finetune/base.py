@@ -292,15 +292,20 @@ class FinetuneAgent:
 
     def plot_curves(self) -> None:
         """curves.png: train and eval return, then one panel per loss the algorithm logs."""
-        loss_keys = [key for key in self.logger.keys if key.startswith("train/") and key.endswith("loss")]
-        groups = {"reward": ["train/episode_return", "eval/episode_return"]}
-        groups.update({key.removeprefix("train/"): [key] for key in loss_keys})
-        self.logger.plot(groups)
+        self.logger.plot(curve_panels(self.logger.keys))
 
     def finish(self) -> None:
         self.plot_curves()
         self.logger.close()
         self.venv.close()
+
+
+def curve_panels(logged_keys) -> dict[str, list[str]]:
+    """Panels of curves.png: {"reward": train and eval return} and one panel per logged `train/*loss` key."""
+    panels = {"reward": ["train/episode_return", "eval/episode_return"]}
+    panels.update({key.removeprefix("train/"): [key] for key in logged_keys
+                   if key.startswith("train/") and key.endswith("loss")})
+    return panels
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
