@@ -25,6 +25,8 @@ ALGORITHMS = {
                              "model.clip_ploss_coef_base=0.1", "model.critic.mlp_dims=[32,32,32]"],
     "ft_ppo_gaussian_mlp": ["train.batch_size=64", "train.update_epochs=5", "model.clip_ploss_coef=0.1",
                             "model.critic.mlp_dims=[32,32,32]"],
+    "ft_ppo_flow_mlp": ["train.batch_size=64", "model.clip_ploss_coef=0.1", "model.critic.mlp_dims=[32,32,32]",
+                        "model.noise_network.mlp_dims=[16,16,16]"],
     "ft_rwr_diffusion_mlp": ["denoising_steps=5", "train.batch_size=64", "train.update_epochs=4"],
     "ft_awr_diffusion_mlp": ["denoising_steps=5", "train.buffer_size=32", "train.batch_size=64", "train.replay_ratio=8",
                              "train.critic_update_ratio=1", "model.critic.mlp_dims=[32,32,32]"],
@@ -43,7 +45,7 @@ ALGORITHMS = {
 @pytest.fixture(scope="module")
 def toy_policies(tmp_path_factory):
     directory = tmp_path_factory.mktemp("toy")
-    return {kind: pretrain_toy_policy(directory, kind) for kind in ("diffusion", "gaussian")}
+    return {kind: pretrain_toy_policy(directory, kind) for kind in ("diffusion", "flow", "gaussian")}
 
 
 def eval_returns(run_dir) -> list[float]:
@@ -66,7 +68,8 @@ def run_toy(config_name, policy, run_dir, extra):
 
 @pytest.mark.parametrize("config_name", list(ALGORITHMS))
 def test_fine_tuning_moves_toward_the_optimum(config_name, toy_policies, tmp_path):
-    run_toy(config_name, toy_policies["gaussian" if "gaussian" in config_name else "diffusion"], tmp_path, [])
+    kind = next(kind for kind in ("gaussian", "flow", "diffusion") if kind in config_name)
+    run_toy(config_name, toy_policies[kind], tmp_path, [])
     before, after = eval_returns(tmp_path)[0], eval_returns(tmp_path)[-1]
     assert before < 0.3, "the pre-trained policy imitates the poor demonstrations"
     assert after > before + 0.5 * (OPTIMUM - before), \

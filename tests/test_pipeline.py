@@ -199,3 +199,26 @@ def test_finetuning_options_ddim_bc_value_clipping_critic_warmup(pretrained, tmp
     assert any(bool((a != b).any()) for a, b in zip(critic_before, agent.model.critic.parameters()))
     rows = [r for r in read_metrics(tmp_path) if "train/bc_loss" in r]
     assert rows[-1]["train/bc_loss"] != 0
+
+
+def test_flow_pretraining_evaluation_with_one_step_and_reinflow_finetuning(tmp_path):
+    dataset_dir = tmp_path / "data"
+    write_hopper_dataset(dataset_dir)
+    run_config("pre_flow_mlp", TINY_MODEL + [
+        f"dataset_dir={dataset_dir}", f"logdir={tmp_path / 'bc'}", "train.n_epochs=1", "train.batch_size=16",
+        f"export_policy_path={dataset_dir}/pretrained/flow_mlp.pt",
+    ])
+    results = run_config("eval_flow_mlp", [
+        "wandb=null", "device=cpu", f"dataset_dir={dataset_dir}", f"logdir={tmp_path / 'eval'}", "env.n_envs=2",
+        "env.asynchronous=false", "n_episodes=2", "+model_overrides.inference_steps=1",
+    ])
+    assert results["n_episodes"] == 2
+    with open(tmp_path / "eval" / "config.yaml") as f:
+        assert "inference_steps: 1" in f.read()
+    run_dir = tmp_path / "ft"
+    overrides = [o for o in finetune_overrides(dataset_dir, run_dir, n_train_itr=2)
+                 if not o.startswith(("denoising_steps", "ft_denoising_steps"))]
+    run_config("ft_ppo_flow_mlp", overrides + ["model.inference_steps=2", "model.noise_network.mlp_dims=[16,16,16]"])
+    train = [r for r in read_metrics(run_dir) if "train/pg_loss" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    assert all(np.isfinite(r["train/entropy_loss"]) for r in train)

@@ -15,6 +15,7 @@ import torch
 from model.common.gaussian import GaussianMLP, GaussianModel
 from model.diffusion.diffusion import DiffusionModel
 from model.diffusion.mlp import DiffusionMLP
+from model.flow.flow import FlowModel
 
 ENV_ID = "dppo-test/ReachBandit-v0"
 TARGET = np.array([0.5, -0.3], dtype=np.float32)
@@ -65,12 +66,15 @@ def demo_actions(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def pretrain_toy_policy(directory, kind: str, steps: int = 400, seed: int = 0) -> str:
-    """Behaviour cloning of a tiny diffusion or Gaussian policy on the poor demonstrations; returns its policy file."""
+    """Behaviour cloning of a tiny diffusion, flow or Gaussian policy on the poor demonstrations; returns its file."""
     torch.manual_seed(seed)
-    if kind == "diffusion":
+    if kind in ("diffusion", "flow"):
         network = DiffusionMLP(action_dim=ACTION_DIM, horizon_steps=1, cond_dim=OBS_DIM, mlp_dims=HIDDEN)
-        model = DiffusionModel(network, horizon_steps=1, obs_dim=OBS_DIM, action_dim=ACTION_DIM,
-                               denoising_steps=DENOISING_STEPS)
+        if kind == "diffusion":
+            model = DiffusionModel(network, horizon_steps=1, obs_dim=OBS_DIM, action_dim=ACTION_DIM,
+                                   denoising_steps=DENOISING_STEPS)
+        else:
+            model = FlowModel(network, horizon_steps=1, obs_dim=OBS_DIM, action_dim=ACTION_DIM)
     else:
         network = GaussianMLP(action_dim=ACTION_DIM, horizon_steps=1, cond_dim=OBS_DIM, mlp_dims=HIDDEN)
         model = GaussianModel(network, horizon_steps=1, obs_dim=OBS_DIM, action_dim=ACTION_DIM)

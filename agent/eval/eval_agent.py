@@ -23,8 +23,9 @@ from env.vector import make_vector_env
 from model.diffusion.pretrained import denoiser_weights
 
 
-def load_policy(path: str, device: str):
-    """Model of a checkpoint, built from the checkpoint's own model config, with its weights loaded."""
+def load_policy(path: str, device: str, overrides: dict | None = None):
+    """Model of a checkpoint, built from the checkpoint's own model config (with `overrides` merged in,
+    e.g. {"inference_steps": 1} for a flow policy), with its weights loaded."""
     state = load_checkpoint(path)
     if "model_config" in state:
         model_cfg = state["model_config"]
@@ -32,7 +33,7 @@ def load_policy(path: str, device: str):
         model_cfg = state["config"]["model"]
     else:
         raise ValueError(f"Checkpoint {path} carries no model config: evaluate a checkpoint written by this project.")
-    model_cfg = OmegaConf.create(model_cfg)
+    model_cfg = OmegaConf.merge(OmegaConf.create(model_cfg), overrides or {})
     model_cfg.device = device
     if "network_path" in model_cfg:
         model_cfg.network_path = None  # the checkpoint holds every weight
@@ -49,7 +50,8 @@ class EvalAgent:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         set_seed(cfg.seed)
-        self.model, model_cfg = load_policy(cfg.checkpoint_path, cfg.device)
+        self.model, model_cfg = load_policy(cfg.checkpoint_path, cfg.device,
+                                            OmegaConf.to_container(cfg.get("model_overrides") or {}))
         self.venv = make_vector_env(
             cfg.env_name, n_envs=cfg.env.n_envs, n_obs_steps=model_cfg.cond_steps, n_action_steps=cfg.act_steps,
             normalization_path=cfg.normalization_path, device=cfg.device, asynchronous=cfg.env.asynchronous,

@@ -1,4 +1,4 @@
-"""PPO fine-tuning: DPPO (model PPODiffusion) and Gaussian PPO (model PPOGaussian) alike.
+"""PPO fine-tuning: DPPO (model PPODiffusion), Gaussian PPO (PPOGaussian) and ReinFlow-style flow PPO (PPOFlow).
 
 Each iteration: GAE over the rollout's environment steps (one step = one chunk,
 rewards summed, gamma per chunk) with V(s); then `update_epochs` passes of PPO
@@ -42,14 +42,16 @@ class PPOAgent(FinetuneAgent):
                                     n_samples, train.batch_size, self.device)
 
         # ---- PPO epochs over minibatches of environment samples; a leftover smaller batch is dropped ----
-        history = {key: [] for key in ("loss", "pg_loss", "value_loss", "bc_loss", "approx_kl", "clipfrac", "ratio")}
+        history = {key: [] for key in ("loss", "pg_loss", "value_loss", "bc_loss", "entropy_loss", "approx_kl",
+                                       "clipfrac", "ratio")}
         n_minibatches = n_samples // train.batch_size
         for _ in range(train.update_epochs):
             stop = False
             for idx in torch.randperm(n_samples, device=self.device).split(train.batch_size)[:n_minibatches]:
                 out = model.loss(index_samples(obs, idx), index_samples(stored, idx), returns[idx], values[idx],
                                  advantages[idx], old_log_probs[idx], use_bc_loss=train.use_bc_loss)
-                loss = out.pg_loss + train.vf_coef * out.v_loss + train.bc_coef * out.bc_loss
+                loss = (out.pg_loss + train.vf_coef * out.v_loss + train.bc_coef * out.bc_loss
+                        + train.ent_coef * out.entropy_loss)
                 self.actor_optimizer.zero_grad()
                 self.critic_optimizer.zero_grad()
                 loss.backward()
@@ -57,6 +59,7 @@ class PPOAgent(FinetuneAgent):
                 self.critic_optimizer.step()
                 for key, value in (("loss", loss.item()), ("pg_loss", out.pg_loss.item()),
                                    ("value_loss", out.v_loss.item()), ("bc_loss", out.bc_loss.item()),
+                                   ("entropy_loss", out.entropy_loss.item()),
                                    ("approx_kl", out.approx_kl), ("clipfrac", out.clipfrac), ("ratio", out.ratio)):
                     history[key].append(value)
                 if train.target_kl is not None and out.approx_kl > train.target_kl:

@@ -4,7 +4,7 @@ Shapes are broadcast: a diffusion policy passes ratios (B, K') with one clip
 coefficient per denoising step (1, K'); a Gaussian policy passes (B,) and a scalar.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,7 +13,10 @@ ADV_EPS = 1e-8
 
 @dataclass
 class PPOLoss:
-    """Loss terms of one minibatch; pg_loss, v_loss and bc_loss carry gradients, the rest are metrics."""
+    """Loss terms of one minibatch; pg_loss, v_loss, bc_loss and entropy_loss carry gradients, the rest are metrics.
+
+    entropy_loss is minus the policy's entropy (zero where the policy has no tractable entropy term).
+    """
 
     pg_loss: torch.Tensor
     v_loss: torch.Tensor
@@ -21,6 +24,7 @@ class PPOLoss:
     approx_kl: float
     clipfrac: float
     ratio: float
+    entropy_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
 
 
 def normalize_advantages(advantages: torch.Tensor, normalize: bool = True,
