@@ -8,7 +8,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "script"))
 
-from plot import env_steps_by_step  # noqa: E402
+from plot import env_steps_by_step, plot_runs  # noqa: E402
 
 
 def write_run(run_dir, rows):
@@ -19,8 +19,8 @@ def write_run(run_dir, rows):
 
 ROWS = [
     {"step": 0, "eval/episode_return": 10.0},
-    {"step": 1, "train/env_steps": 400.0, "train/episode_return": 12.0, "train/pg_loss": -0.1},
-    {"step": 2, "train/env_steps": 800.0, "train/episode_return": 15.0, "train/pg_loss": -0.2},
+    {"step": 1, "train/env_steps": 400.0, "train/wall_time": 30.0, "train/episode_return": 12.0, "train/pg_loss": -0.1},
+    {"step": 2, "train/env_steps": 800.0, "train/wall_time": 90.0, "train/episode_return": 15.0, "train/pg_loss": -0.2},
     {"step": 2, "eval/episode_return": 20.0},
 ]
 
@@ -36,3 +36,26 @@ def test_plot_of_two_runs_writes_a_png(tmp_path):
     subprocess.run([sys.executable, "script/plot.py", str(tmp_path / "a"), str(tmp_path / "b"), "--x", "env_steps",
                     "--out", str(out)], cwd=REPO, check=True, capture_output=True, timeout=120)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_sharing_a_label_are_drawn_as_their_mean_with_the_spread_shaded(tmp_path):
+    low = [{"step": 0, "eval/episode_return": 10.0},
+           {"step": 1, "train/env_steps": 400.0, "train/wall_time": 60.0},
+           {"step": 1, "eval/episode_return": 20.0}]
+    high = [{"step": 0, "eval/episode_return": 30.0},
+            {"step": 1, "train/env_steps": 600.0, "train/wall_time": 180.0},
+            {"step": 1, "eval/episode_return": 40.0}]
+    write_run(tmp_path / "s0", low)
+    write_run(tmp_path / "s1", high)
+    write_run(tmp_path / "other", ROWS)
+    figure = plot_runs([str(tmp_path / "s0"), str(tmp_path / "s1"), str(tmp_path / "other")], ["A", "A", "B"],
+                       ["eval/episode_return", "train/pg_loss"], x="wall_time")
+    eval_ax, loss_ax = figure.axes[:2]
+    lines = {line.get_label(): line for line in eval_ax.get_lines()}
+    assert list(lines["A"].get_xdata()) == [0.0, 2.0]  # mean of 1 and 3 minutes
+    assert list(lines["A"].get_ydata()) == [20.0, 30.0]
+    assert list(lines["B"].get_xdata()) == [0.0, 1.5]
+    assert list(lines["B"].get_ydata()) == [10.0, 20.0]
+    assert len(eval_ax.collections) == 1, "only the group of two runs has a shaded spread"
+    assert [line.get_label() for line in loss_ax.get_lines()] == ["B"]
+    assert eval_ax.get_xlabel() == "wall time (min)"
