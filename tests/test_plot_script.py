@@ -9,6 +9,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "script"))
 
 from plot import env_steps_by_step, plot_runs  # noqa: E402
+from summarize import summary_table  # noqa: E402
 
 
 def write_run(run_dir, rows):
@@ -59,3 +60,19 @@ def test_runs_sharing_a_label_are_drawn_as_their_mean_with_the_spread_shaded(tmp
     assert len(eval_ax.collections) == 1, "only the group of two runs has a shaded spread"
     assert [line.get_label() for line in loss_ax.get_lines()] == ["B"]
     assert eval_ax.get_xlabel() == "wall time (min)"
+
+
+def test_summary_table_averages_runs_sharing_a_label(tmp_path):
+    def rows(final, best, env_steps, wall, speeds):
+        out = [{"step": 0, "eval/episode_return": best}]
+        for i, speed in enumerate(speeds, start=1):
+            out.append({"step": i, "train/env_steps": env_steps * i / len(speeds), "train/wall_time": wall * i / len(speeds),
+                        "train/env_steps_per_s": speed})
+        out.append({"step": len(speeds), "eval/episode_return": final})
+        return out
+
+    write_run(tmp_path / "a0", rows(final=10.0, best=30.0, env_steps=1000.0, wall=120.0, speeds=[100.0, 300.0]))
+    write_run(tmp_path / "a1", rows(final=20.0, best=10.0, env_steps=3000.0, wall=240.0, speeds=[400.0, 400.0]))
+    table = summary_table([str(tmp_path / "a0"), str(tmp_path / "a1")], ["A", "A"])
+    assert table.splitlines()[2] == ("| A | 2 | 15.0 (10.0, 20.0) | 25.0 (30.0, 20.0) | 2,000.0 (1,000.0, 3,000.0) "
+                                     "| 3.0 (2.0, 4.0) | 300.0 (200.0, 400.0) |")
