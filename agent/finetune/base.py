@@ -94,13 +94,6 @@ class FinetuneAgent:
         """Train on the iteration's rollout (and the replay buffer, already holding it); return metrics."""
         raise NotImplementedError
 
-    def algorithm_state(self) -> dict:
-        """Training state beyond the model, optimizers, LR schedules, reward scaler and replay (none by default)."""
-        return {}
-
-    def load_algorithm_state(self, state: dict) -> None:
-        """Restore what `algorithm_state` returned."""
-
     # ---- optimizers ----------------------------------------------------------------------------
     def add_optimizer(self, name: str, parameters, role: str) -> torch.optim.Optimizer:
         """AdamW with a warmup-cosine LR schedule from train.<role>_lr, <role>_weight_decay and
@@ -115,13 +108,13 @@ class FinetuneAgent:
     @property
     def update_actor(self) -> bool:
         """False during the first `n_critic_warmup_itr` iterations, when only critics train."""
-        return self.itr >= self.cfg.train.get("n_critic_warmup_itr", 0)
+        return self.itr >= self.cfg.train.n_critic_warmup_itr
 
     def actor_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Step the actor after critic warm-up, clipping its gradients to `max_grad_norm` when set."""
         if not self.update_actor:
             return
-        max_grad_norm = self.cfg.train.get("max_grad_norm")
+        max_grad_norm = self.cfg.train.max_grad_norm
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]],
                                            max_grad_norm)
@@ -266,7 +259,6 @@ class FinetuneAgent:
             "lr_schedulers": {name: sched.state_dict() for name, sched in self.lr_schedulers.items()},
             "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
             "replay": self.replay.state_dict() if self.replay is not None else None,
-            "algorithm": self.algorithm_state(),
             "rng": rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
@@ -285,7 +277,6 @@ class FinetuneAgent:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
         if self.replay is not None:
             self.replay.load_state_dict(state["replay"])
-        self.load_algorithm_state(state["algorithm"])
         set_rng_state(state["rng"])
         self.itr, self.env_steps, self.wall_time = state["itr"], state["env_steps"], state["wall_time"]
         print(f"Resumed from {path} at iteration {self.itr}")
