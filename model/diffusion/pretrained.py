@@ -14,7 +14,7 @@ def pretrained_network_state(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"Pre-trained policy {path} not found: make it with `python script/run.py --config-name=pre_<policy>_mlp "
-            f"task=<task> export_policy_path={path}` (policy: diffusion or gaussian), or set base_policy_path."
+            f"task=<task> export_policy_path={path}` (policy: diffusion, gaussian or flow), or set base_policy_path."
         )
     weights = denoiser_weights(load_checkpoint(path))
     if weights is not None:
