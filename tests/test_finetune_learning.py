@@ -119,3 +119,11 @@ def test_ppo_batch_larger_than_an_iteration_is_rejected(toy_policies, tmp_path):
                          + ALGORITHMS["ft_ppo_diffusion_mlp"] + ["train.batch_size=1000"])
     with pytest.raises(ConfigError, match="train.batch_size=1000 exceeds the 128 samples"):
         hydra.utils.get_class(cfg._target_)(cfg)
+
+
+def test_evaluation_takes_its_own_number_of_episodes(toy_policies, tmp_path):
+    run_toy("ft_ppo_diffusion_mlp", toy_policies["diffusion"], tmp_path,
+            ["train.n_train_itr=1", "train.val_freq=1", "train.n_eval_episodes=20"])
+    with open(tmp_path / "metrics.jsonl") as f:
+        evals = [json.loads(line) for line in f if "eval/n_episodes" in line]
+    assert [row["eval/n_episodes"] for row in evals] == [24, 24]  # ceil(20 / 8 envs) = 3 episodes in each env

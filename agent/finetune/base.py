@@ -237,13 +237,12 @@ class FinetuneAgent:
         return True
 
     def evaluate(self) -> dict:
-        """Deterministic acting (`model.act`) until every env has finished one episode; returns eval metrics.
-
-        The envs are reset with evaluation seeds first.
+        """Deterministic acting (`model.act`) for `train.n_eval_episodes` episodes (default: one per env,
+        as the reference does); returns eval metrics. The envs are reset with evaluation seeds first.
         """
         episodes = run_episodes(
             self.venv, lambda obs: self.model.act({"state": obs}),
-            n_episodes=self.n_envs, act_steps=self.act_steps,
+            n_episodes=self.cfg.train.n_eval_episodes or self.n_envs, act_steps=self.act_steps,
             seed=self.cfg.seed + EVAL_SEED_OFFSET + self.itr * self.n_envs,
         )
         return summarize(episodes)
