@@ -29,6 +29,9 @@ def save_checkpoint(path: str, state: dict) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes the file private (0600); a checkpoint is a normal file
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)

@@ -136,3 +136,11 @@ def test_rng_state_round_trip_through_checkpoint_continues_streams(tmp_path):
     assert actual[0] == expected[0]
     np.testing.assert_array_equal(actual[1], expected[1])
     assert torch.equal(actual[2], expected[2])
+
+
+def test_saved_checkpoint_has_the_permissions_of_a_normal_file(tmp_path):
+    path = str(tmp_path / "state.pt")
+    save_checkpoint(path, {"itr": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask

@@ -23,7 +23,7 @@ from env.vector import make_vector_env
 from model.diffusion.pretrained import denoiser_weights
 
 
-def load_policy(path: str, device: str, overrides: dict | None = None):
+def load_policy(path: str, device: str, overrides: DictConfig | dict | None = None):
     """Model of a checkpoint, built from the checkpoint's own model config (with `overrides` merged in,
     e.g. {"inference_steps": 1} for a flow policy), with its weights loaded."""
     state = load_checkpoint(path)
@@ -50,8 +50,7 @@ class EvalAgent:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         set_seed(cfg.seed)
-        self.model, model_cfg = load_policy(cfg.checkpoint_path, cfg.device,
-                                            OmegaConf.to_container(cfg.get("model_overrides") or {}))
+        self.model, model_cfg = load_policy(cfg.checkpoint_path, cfg.device, cfg.get("model_overrides"))
         self.venv = make_vector_env(
             cfg.env_name, n_envs=cfg.env.n_envs, n_obs_steps=model_cfg.cond_steps, n_action_steps=cfg.act_steps,
             normalization_path=cfg.normalization_path, device=cfg.device, asynchronous=cfg.env.asynchronous,
