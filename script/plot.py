@@ -2,11 +2,12 @@
 
     python script/plot.py log/hopper_ft_.../<run> [more runs] --out curves.png
     python script/plot.py RUN --keys eval/episode_return train/pg_loss --x env_steps
-    python script/plot.py A_seed0 A_seed1 B_seed0 B_seed1 --labels A A B B --x wall_time
+    python script/plot.py A_seed0 A_seed1 B_seed0 B_seed1 --labels A A B B --x env_steps wall_time
 
 The x-axis is the iteration (`step`), the environment steps (`--x env_steps`) or the wall time
 in minutes (`--x wall_time`) reached after that row's iteration, both read from the training
-rows (`train/env_steps`, `train/wall_time`; 0 before the first iteration). Runs that share a
+rows (`train/env_steps`, `train/wall_time`; 0 before the first iteration); several x-axes give
+one row of panels each. Runs that share a
 label are one group: its line is the mean over the runs at the iterations they all logged, with
 the min-max range shaded.
 """
@@ -61,16 +62,17 @@ def group_curve(runs_rows: list[list[dict]], key: str, x: str) -> tuple[np.ndarr
     return xs.mean(axis=0), ys.mean(axis=0), ys.min(axis=0), ys.max(axis=0)
 
 
-def plot_runs(runs: list[str], labels: list[str], keys: list[str], x: str) -> Figure:
-    """One panel per key; one line per label (the mean of its runs, min-max shaded when it has several)."""
+def plot_runs(runs: list[str], labels: list[str], keys: list[str], x: str | list[str]) -> Figure:
+    """One panel per (x-axis, key); one line per label (the mean of its runs, min-max shaded when it has several)."""
     groups: dict[str, list[list[dict]]] = {}
     for run, label in zip(runs, labels):
         groups.setdefault(label, []).append(read_rows(run))
-    n_cols = min(len(keys), 3)
-    n_rows = (len(keys) + 2) // 3
+    panels = [(x_axis, key) for x_axis in ([x] if isinstance(x, str) else x) for key in keys]
+    n_cols = min(len(panels), 3)
+    n_rows = (len(panels) + 2) // 3
     figure = Figure(figsize=(4.5 * n_cols, 3.2 * n_rows))
     axes = figure.subplots(n_rows, n_cols, squeeze=False).ravel()
-    for ax, key in zip(axes, keys):
+    for ax, (x, key) in zip(axes, panels):
         for label, runs_rows in groups.items():
             xs, mean, low, high = group_curve(runs_rows, key, x)
             if len(xs):
@@ -80,7 +82,7 @@ def plot_runs(runs: list[str], labels: list[str], keys: list[str], x: str) -> Fi
         ax.set_title(key)
         ax.set_xlabel(X_LABELS[x])
         ax.legend(fontsize=7)
-    for ax in axes[len(keys):]:
+    for ax in axes[len(panels):]:
         ax.set_visible(False)
     figure.tight_layout()
     return figure
@@ -90,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories holding metrics.jsonl")
     parser.add_argument("--keys", nargs="+", default=DEFAULT_KEYS, help="metrics to plot, one panel each")
-    parser.add_argument("--x", choices=list(X_LABELS), default="step")
+    parser.add_argument("--x", nargs="+", choices=list(X_LABELS), default=["step"])
     parser.add_argument("--labels", nargs="+", default=None,
                         help="legend label per run (default: run dir name); runs with one label are averaged")
     parser.add_argument("--out", default="curves.png")

@@ -61,6 +61,10 @@ def test_runs_sharing_a_label_are_drawn_as_their_mean_with_the_spread_shaded(tmp
     assert [line.get_label() for line in loss_ax.get_lines()] == ["B"]
     assert eval_ax.get_xlabel() == "wall time (min)"
 
+    by_both = plot_runs([str(tmp_path / "s0")], ["A"], ["eval/episode_return"], x=["env_steps", "wall_time"])
+    assert [ax.get_xlabel() for ax in by_both.axes if ax.get_visible()] == ["environment steps", "wall time (min)"]
+    assert [list(ax.get_lines()[0].get_xdata()) for ax in by_both.axes[:2]] == [[0.0, 400.0], [0.0, 1.0]]
+
 
 def test_summary_table_averages_runs_sharing_a_label(tmp_path):
     def rows(final, best, env_steps, wall, speeds):
