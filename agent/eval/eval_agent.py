@@ -20,7 +20,7 @@ from dppo.checkpoint import load_checkpoint, load_state_dict_checked
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from env.vector import make_vector_env
-from model.diffusion.pretrained import denoiser_weights
+from model.common.pretrained import denoiser_weights
 
 
 def load_policy(path: str, device: str, overrides: DictConfig | dict | None = None):

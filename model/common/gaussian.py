@@ -7,8 +7,8 @@ from torch import nn
 
 from dppo.checkpoint import load_state_dict_checked
 from model.common.mlp import make_mlp
-from model.diffusion.diffusion import Sample
-from model.diffusion.pretrained import pretrained_network_state
+from model.common.policy import ChunkPolicy, Sample
+from model.common.pretrained import pretrained_network_state
 
 INITIAL_LOG_STD = -1.0
 
@@ -49,29 +49,20 @@ class GaussianMLP(nn.Module):
         return mean, std
 
 
-class GaussianModel(nn.Module):
-    """Policy surface shared with DiffusionModel: `loss(actions, cond)` and `sample(cond, deterministic)`."""
+class GaussianModel(ChunkPolicy):
+    """Gaussian policy over the whole chunk, with the surface of every ChunkPolicy."""
 
     def __init__(self, network: GaussianMLP, horizon_steps: int, obs_dim: int, action_dim: int, cond_steps: int = 1,
                  randn_clip_value: float = 10.0, final_action_clip_value: float | None = 1.0,
                  network_path: str | None = None, device: str = "cpu"):
-        super().__init__()
-        if network_path is not None:
-            # a BC policy trained with a fixed std has no log_std: a learned one keeps its initial value
-            weights = {**network.state_dict(), **pretrained_network_state(network_path)}
-            load_state_dict_checked(network, weights, what=network_path)
-        self.network = network
-        self.horizon_steps = horizon_steps
-        self.obs_dim = obs_dim
-        self.action_dim = action_dim
-        self.cond_steps = cond_steps
-        self.randn_clip_value = randn_clip_value
-        self.final_action_clip_value = final_action_clip_value
+        super().__init__(network, horizon_steps, obs_dim, action_dim, cond_steps, randn_clip_value,
+                         final_action_clip_value, network_path)
         self.to(device)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.network.parameters()).device
+    @staticmethod
+    def load_pretrained(network: nn.Module, path: str) -> None:
+        """A BC policy trained with a fixed std has no log_std: a learned one keeps its initial value."""
+        load_state_dict_checked(network, {**network.state_dict(), **pretrained_network_state(path)}, what=path)
 
     def loss(self, actions: torch.Tensor, cond: dict) -> torch.Tensor:
         """Negative log-likelihood of the demonstrated chunks, averaged over elements. actions: (B, Ta, Da)."""
@@ -85,9 +76,7 @@ class GaussianModel(nn.Module):
         actions = mean
         if not deterministic:
             actions = mean + std * torch.randn_like(mean).clamp(-self.randn_clip_value, self.randn_clip_value)
-        if self.final_action_clip_value is not None:
-            actions = actions.clamp(-self.final_action_clip_value, self.final_action_clip_value)
-        return Sample(actions=actions)
+        return Sample(actions=self.clip_final(actions))
 
     def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:
         """Exploring chunks (B, Ta, Da) and {"actions": the same chunks}, which PPO scores later."""

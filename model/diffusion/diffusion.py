@@ -6,29 +6,18 @@ the noisiest step S - 1 down to 0, where S = denoising_steps (DDPM) or
 ddim_steps (DDIM); the DDPM step of index k is `timesteps[k]`.
 """
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dppo.checkpoint import load_state_dict_checked
-from model.diffusion.pretrained import pretrained_network_state
+from model.common.policy import ChunkPolicy, Sample
 from model.diffusion.schedules import cosine_beta_schedule, ddim_timesteps
 
 LOG_VARIANCE_FLOOR = 1e-20
 EVAL_MIN_STD = 1e-3
 
 
-@dataclass
-class Sample:
-    """actions: (B, Ta, Da) final chunk; chains: (B, C + 1, Ta, Da) last C steps' inputs/outputs, or None."""
-
-    actions: torch.Tensor
-    chains: torch.Tensor | None = None
-
-
-class DiffusionModel(nn.Module):
+class DiffusionModel(ChunkPolicy):
     """Diffusion policy over action chunks with a cosine schedule and epsilon (or x0) prediction.
 
     `network_path` (a pre-training checkpoint or shipped policy file) initializes the denoiser,
@@ -40,19 +29,11 @@ class DiffusionModel(nn.Module):
                  final_action_clip_value: float | None = 1.0, randn_clip_value: float = 10.0,
                  min_sampling_denoising_std: float = 0.0, use_ddim: bool = False, ddim_steps: int | None = None,
                  ddim_eta: float = 1.0, network_path: str | None = None, device: str = "cpu"):
-        super().__init__()
-        if network_path is not None:
-            load_state_dict_checked(network, pretrained_network_state(network_path), what=network_path)
-        self.network = network
-        self.horizon_steps = horizon_steps
-        self.obs_dim = obs_dim
-        self.action_dim = action_dim
-        self.cond_steps = cond_steps
+        super().__init__(network, horizon_steps, obs_dim, action_dim, cond_steps, randn_clip_value,
+                         final_action_clip_value, network_path)
         self.denoising_steps = denoising_steps
         self.predict_epsilon = predict_epsilon
         self.denoised_clip_value = denoised_clip_value
-        self.final_action_clip_value = final_action_clip_value
-        self.randn_clip_value = randn_clip_value
         self.min_sampling_denoising_std = min_sampling_denoising_std
         self.use_ddim = use_ddim
         self.ddim_eta = ddim_eta
@@ -89,10 +70,6 @@ class DiffusionModel(nn.Module):
         for name, value in buffers.items():
             self.register_buffer(name, value if name == "timesteps" else value.float(), persistent=False)
         self.to(device)
-
-    @property
-    def device(self) -> torch.device:
-        return self.betas.device
 
     # ---- forward process and training loss -------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -198,8 +175,8 @@ class DiffusionModel(nn.Module):
             std = self.sampling_std(log_var, k, deterministic)
             noise = torch.randn_like(x).clamp(-self.randn_clip_value, self.randn_clip_value)
             x = mean + std * noise
-            if k == 0 and self.final_action_clip_value is not None:
-                x = x.clamp(-self.final_action_clip_value, self.final_action_clip_value)
+            if k == 0:
+                x = self.clip_final(x)
             if k < chain_steps:
                 chain.append(x)
         chains = torch.stack(chain, dim=1) if chain_steps > 0 else None

@@ -11,14 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dppo.checkpoint import load_state_dict_checked
-from model.diffusion.diffusion import Sample
-from model.diffusion.pretrained import pretrained_network_state
+from model.common.policy import ChunkPolicy, Sample
 
 TIME_SCALE = 100.0
 
 
-class FlowModel(nn.Module):
+class FlowModel(ChunkPolicy):
     """Flow-matching policy: `loss(actions, cond)` for behaviour cloning, Euler `sample` with `inference_steps`.
 
     time_sampling: "uniform" t ~ U(0, 1), or "beta" t ~ Beta(time_beta_a, time_beta_b), which with
@@ -29,29 +27,17 @@ class FlowModel(nn.Module):
                  inference_steps: int = 4, time_sampling: str = "uniform", time_beta_a: float = 1.5,
                  time_beta_b: float = 1.0, time_scale: float = TIME_SCALE, randn_clip_value: float = 3.0,
                  final_action_clip_value: float | None = 1.0, network_path: str | None = None, device: str = "cpu"):
-        super().__init__()
+        super().__init__(network, horizon_steps, obs_dim, action_dim, cond_steps, randn_clip_value,
+                         final_action_clip_value, network_path)
         if time_sampling not in ("uniform", "beta"):
             raise ValueError(f"time_sampling={time_sampling!r}: use 'uniform' or 'beta'.")
         if inference_steps < 1:
             raise ValueError(f"inference_steps={inference_steps} must be >= 1 (1, 2 or 4 are typical).")
-        if network_path is not None:
-            load_state_dict_checked(network, pretrained_network_state(network_path), what=network_path)
-        self.network = network
-        self.horizon_steps = horizon_steps
-        self.obs_dim = obs_dim
-        self.action_dim = action_dim
-        self.cond_steps = cond_steps
         self.inference_steps = inference_steps
         self.time_sampling = time_sampling
         self.time_beta = (time_beta_a, time_beta_b)
         self.time_scale = time_scale
-        self.randn_clip_value = randn_clip_value
-        self.final_action_clip_value = final_action_clip_value
         self.to(device)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.network.parameters()).device
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: dict, network: nn.Module | None = None) -> torch.Tensor:
         """v(x, t, s): x (B, Ta, Da), t (B,) in [0, 1] -> (B, Ta, Da)."""
@@ -81,11 +67,6 @@ class FlowModel(nn.Module):
     def times(self) -> list[float]:
         """The K Euler step start times 0, 1/K, ..., (K-1)/K."""
         return [k / self.inference_steps for k in range(self.inference_steps)]
-
-    def clip_final(self, x: torch.Tensor) -> torch.Tensor:
-        if self.final_action_clip_value is None:
-            return x
-        return x.clamp(-self.final_action_clip_value, self.final_action_clip_value)
 
     @torch.no_grad()
     def sample(self, cond: dict, deterministic: bool = True) -> Sample:
