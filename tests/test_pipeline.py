@@ -39,17 +39,26 @@ def test_pretraining_writes_checkpoint_metrics_and_curve(pretrained):
     assert [row["step"] for row in read_metrics(run_dir)] == [1, 2]
 
 
-def test_gaussian_pretraining_and_evaluation(tmp_path):
-    dataset_dir = tmp_path / "data"
+def pretrain_tiny_policy(kind: str, root):
+    """A tiny `kind` (gaussian, flow) policy cloned for one epoch on a tiny dataset; returns the dataset dir
+    whose pretrained/<kind>_mlp.pt is the policy."""
+    dataset_dir = root / "data"
     write_hopper_dataset(dataset_dir)
-    run_config("pre_gaussian_mlp", TINY_MODEL + [
-        f"dataset_dir={dataset_dir}", f"logdir={tmp_path / 'run'}", "train.n_epochs=1", "train.batch_size=16",
-        f"export_policy_path={dataset_dir}/pretrained/gaussian_mlp.pt",
+    run_config(f"pre_{kind}_mlp", TINY_MODEL + [
+        f"dataset_dir={dataset_dir}", f"logdir={root / 'bc'}", "train.n_epochs=1", "train.batch_size=16",
+        f"export_policy_path={dataset_dir}/pretrained/{kind}_mlp.pt",
     ])
-    results = run_config("eval_gaussian_mlp", [
-        "wandb=null", "device=cpu", f"dataset_dir={dataset_dir}", f"logdir={tmp_path / 'eval'}",
-        "env.n_envs=2", "env.asynchronous=false", "n_episodes=2",
-    ])
+    return dataset_dir
+
+
+def evaluate_tiny(config_name: str, dataset_dir, logdir, extra=()) -> dict:
+    return run_config(config_name, ["wandb=null", "device=cpu", f"dataset_dir={dataset_dir}", f"logdir={logdir}",
+                                    "env.n_envs=2", "env.asynchronous=false", "n_episodes=2", *extra])
+
+
+def test_gaussian_pretraining_and_evaluation(tmp_path):
+    dataset_dir = pretrain_tiny_policy("gaussian", tmp_path)
+    results = evaluate_tiny("eval_gaussian_mlp", dataset_dir, tmp_path / "eval")
     assert results["n_episodes"] == 2
 
 
@@ -96,12 +105,7 @@ def test_baseline_finetuning_two_iterations_on_hopper(pretrained, tmp_path, conf
 
 
 def test_gaussian_ppo_two_iterations_from_gaussian_bc(tmp_path):
-    dataset_dir = tmp_path / "data"
-    write_hopper_dataset(dataset_dir)
-    run_config("pre_gaussian_mlp", TINY_MODEL + [
-        f"dataset_dir={dataset_dir}", f"logdir={tmp_path / 'bc'}", "train.n_epochs=1", "train.batch_size=16",
-        f"export_policy_path={dataset_dir}/pretrained/gaussian_mlp.pt",
-    ])
+    dataset_dir = pretrain_tiny_policy("gaussian", tmp_path)
     run_dir = tmp_path / "ft"
     overrides = [o for o in finetune_overrides(dataset_dir, run_dir, n_train_itr=2)
                  if not o.startswith(("denoising_steps", "ft_denoising_steps"))]
@@ -202,16 +206,8 @@ def test_finetuning_options_ddim_bc_value_clipping_critic_warmup(pretrained, tmp
 
 
 def test_flow_pretraining_evaluation_with_one_step_and_reinflow_finetuning(tmp_path):
-    dataset_dir = tmp_path / "data"
-    write_hopper_dataset(dataset_dir)
-    run_config("pre_flow_mlp", TINY_MODEL + [
-        f"dataset_dir={dataset_dir}", f"logdir={tmp_path / 'bc'}", "train.n_epochs=1", "train.batch_size=16",
-        f"export_policy_path={dataset_dir}/pretrained/flow_mlp.pt",
-    ])
-    results = run_config("eval_flow_mlp", [
-        "wandb=null", "device=cpu", f"dataset_dir={dataset_dir}", f"logdir={tmp_path / 'eval'}", "env.n_envs=2",
-        "env.asynchronous=false", "n_episodes=2", "+model_overrides.inference_steps=1",
-    ])
+    dataset_dir = pretrain_tiny_policy("flow", tmp_path)
+    results = evaluate_tiny("eval_flow_mlp", dataset_dir, tmp_path / "eval", ["+model_overrides.inference_steps=1"])
     assert results["n_episodes"] == 2
     with open(tmp_path / "eval" / "config.yaml") as f:
         assert "inference_steps: 1" in f.read()
