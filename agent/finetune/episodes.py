@@ -30,12 +30,12 @@ class EpisodeTracker:
         self.best = np.full(n_envs, -np.inf)
 
     def update(self, rewards: torch.Tensor, n_executed: torch.Tensor, episode_ends: torch.Tensor,
-               cut: torch.Tensor | None = None) -> list[tuple[int, EpisodeStats]]:
+               cut: torch.Tensor) -> list[tuple[int, EpisodeStats]]:
         """rewards (N,) raw chunk rewards, n_executed (N,) simulator steps, episode_ends (N,) bool,
         cut (N,) bool (ends that are not finished episodes) -> finished (env, stats)."""
         rewards = rewards.cpu().numpy()
         ends = episode_ends.cpu().numpy()
-        cut = np.zeros_like(ends) if cut is None else cut.cpu().numpy() & ends
+        cut = cut.cpu().numpy() & ends
         self.returns += rewards
         self.lengths += n_executed.cpu().numpy()
         self.best = np.maximum(self.best, rewards / self.act_steps)

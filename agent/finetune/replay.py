@@ -44,10 +44,10 @@ class ReplayBuffer:
             self.data = {key: torch.zeros((self.capacity, *value.shape[1:]), dtype=value.dtype, device=self.device)
                          for key, value in flat.items()}
         n_steps = next(iter(flat.values())).shape[0]
-        rows = (self.pos + torch.arange(n_steps)) % self.capacity
         keep = slice(max(0, n_steps - self.capacity), n_steps)  # more steps than capacity: keep the newest
+        rows = ((self.pos + torch.arange(n_steps)) % self.capacity)[keep].to(self.device)
         for key, value in flat.items():
-            self.data[key][rows[keep].to(self.device)] = value[keep].to(self.device)
+            self.data[key][rows] = value[keep].to(self.device)
         self.pos = (self.pos + n_steps) % self.capacity
         self.size = min(self.capacity, self.size + n_steps)
 

@@ -61,7 +61,7 @@ def episode_returns_to_go(rewards: torch.Tensor, ends: torch.Tensor, firsts: tor
     `complete` marks the steps whose whole episode lies inside the rollout, the only ones
     whose return-to-go is known (the reference uses exactly these).
     """
-    n_steps, n_envs = rewards.shape
+    n_steps = rewards.shape[0]
     returns = torch.zeros_like(rewards)
     ends_known = torch.zeros_like(ends)
     running = torch.zeros_like(rewards[0])

@@ -1,6 +1,6 @@
 """Policy weights of pre-training checkpoints and shipped policy files, for fine-tuning and evaluation.
 
-Shared by diffusion and Gaussian policies: both pre-training checkpoints carry `ema` (state_<epoch>.pt)
+Shared by every policy (diffusion, flow, Gaussian): pre-training checkpoints carry `ema` (state_<epoch>.pt)
 or `network` (policy.pt and the shipped policy files).
 """
 

@@ -101,11 +101,15 @@ class PPOFlow(FlowModel):
         log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(x_out)
         return log_prob.view(batch, n_steps, *shape[1:]), std.view(batch, n_steps, *shape[1:])
 
-    def log_probs(self, cond: dict, stored: dict) -> torch.Tensor:
-        """Log-probability of each stored chain: clamp, mean over executed actions and dims, sum over steps. (B,)"""
-        log_prob, _ = self.step_log_probs(cond, stored["chains"])
-        log_prob = log_prob.clamp(self.logprob_min, self.logprob_max)[:, :, : self.reward_horizon]
+    def chain_log_prob(self, step_log_probs: torch.Tensor) -> torch.Tensor:
+        """(B, K, Ta, Da) element-wise step log-densities -> (B,): clamp, mean over executed actions and dims,
+        sum over the K steps."""
+        log_prob = step_log_probs.clamp(self.logprob_min, self.logprob_max)[:, :, : self.reward_horizon]
         return log_prob.mean(dim=(-2, -1)).sum(dim=1)
+
+    def log_probs(self, cond: dict, stored: dict) -> torch.Tensor:
+        """Log-probability of each stored chain (B, K + 1, Ta, Da) -> (B,)."""
+        return self.chain_log_prob(self.step_log_probs(cond, stored["chains"])[0])
 
     def loss(self, cond: dict, stored: dict, returns: torch.Tensor, old_values: torch.Tensor,
              advantages: torch.Tensor, old_log_probs: torch.Tensor, use_bc_loss: bool = False) -> PPOLoss:
@@ -116,8 +120,7 @@ class PPOFlow(FlowModel):
         if use_bc_loss:
             raise ValueError("use_bc_loss is implemented for diffusion policies only: set train.use_bc_loss=false.")
         log_prob, std = self.step_log_probs(cond, stored["chains"])
-        new_log_probs = log_prob.clamp(self.logprob_min, self.logprob_max)[:, :, : self.reward_horizon]
-        log_ratio = new_log_probs.mean(dim=(-2, -1)).sum(dim=1) - old_log_probs
+        log_ratio = self.chain_log_prob(log_prob) - old_log_probs
         adv = normalize_advantages(advantages, self.norm_adv)
         pg_loss = clipped_policy_loss(log_ratio.exp(), adv, self.clip_ploss_coef)
         v_loss = value_loss(self.critic(cond), returns, old_values, self.clip_vloss_coef)
