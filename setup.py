@@ -22,6 +22,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "imageio>=2.30",
+        "einops>=0.7",
     ],
     extras_require={
         "gym": GYM,
