@@ -6,6 +6,7 @@ GYM = ["gymnasium==1.4.*", "mujoco==3.8.0", "imageio-ffmpeg>=0.5"]
 ROBOMIMIC = ["robosuite==1.5.2", "mujoco==3.8.0", "h5py>=3.8"]
 DATA = ["stable-baselines3>=2.3", "h5py>=3.8"]
 DEV = ["pytest>=8", "h5py>=3.8"]
+SWEEP = ["hydra-joblib-launcher==1.2.*", "hydra-submitit-launcher==1.2.*"]  # hydra/launcher=joblib | submitit_local | slurm
 
 setup(
     name="dppo",
@@ -29,6 +30,7 @@ setup(
         "robomimic": ROBOMIMIC,
         "data": DATA,
         "dev": DEV,
-        "all": sorted(set(GYM + ROBOMIMIC + DATA + DEV)),
+        "sweep": SWEEP,
+        "all": sorted(set(GYM + ROBOMIMIC + DATA + DEV + SWEEP)),
     },
 )

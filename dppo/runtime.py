@@ -1,4 +1,4 @@
-"""Start-up of every run: seeding, device choice, run directory."""
+"""Start-up of every run: seeding, device choice, threads, run directory."""
 
 import importlib.metadata
 import json
@@ -19,12 +19,50 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def derived_seed(*keys: int) -> int:
+    """A seed mixed from several integers (e.g. run seed and epoch), so that nearby keys give unrelated streams."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
 def default_device() -> str:
     """'cuda' when a GPU is visible, else 'cpu'."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-VERSIONED_PACKAGES = ("torch", "numpy", "gymnasium", "mujoco", "robosuite", "hydra-core", "omegaconf", "wandb")
+def available_cores() -> int:
+    """CPU cores this process may run on: its affinity mask (a Slurm or cgroup allocation), not the whole node."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parallel_jobs(n_jobs: int | None) -> int:
+    """How many jobs share this machine under a launcher with `n_jobs` (joblib's meaning: -1 all cores,
+    -2 all but one, ...); 1 when the launcher has no n_jobs (basic, submitit: one job per allocation)."""
+    if n_jobs is None:
+        return 1
+    return max(1, n_jobs if n_jobs > 0 else available_cores() + 1 + n_jobs)
+
+
+def job_threads(threads: int | None, n_parallel_jobs: int) -> int | None:
+    """Threads a job's torch should use: `threads` when set; else an equal share of the cores when several
+    jobs run at once; else None (torch's own default, which follows OMP_NUM_THREADS)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads={threads}: use a positive count, or threads=null for the default.")
+        return threads
+    if n_parallel_jobs > 1:
+        return max(1, available_cores() // n_parallel_jobs)
+    return None
+
+
+def set_threads(threads: int) -> None:
+    """Use `threads` threads in torch here and in the processes this one starts (env workers)."""
+    torch.set_num_threads(threads)
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+
+
+VERSIONED_PACKAGES = ("torch", "numpy", "gymnasium", "mujoco", "robosuite", "hydra-core", "omegaconf", "wandb",
+                      "hydra-joblib-launcher", "hydra-submitit-launcher", "submitit")
 
 
 def prepare_run_dir(logdir: str, cfg: DictConfig) -> str:

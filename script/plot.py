@@ -1,36 +1,53 @@
-"""Compare runs: curves of logged metrics from the metrics.jsonl of one or more run directories.
+"""Compare settings: the mean and spread over seeds of their curves, from the runs' metrics.jsonl.
 
-    python script/plot.py log/hopper_ft_.../<run> [more runs] --out curves.png
-    python script/plot.py RUN --keys eval/episode_return train/pg_loss --x env_steps
-    python script/plot.py A_seed0 A_seed1 B_seed0 B_seed1 --labels A A B B --x env_steps wall_time
+    python script/plot.py log/multirun/<date>_<time>                       # a sweep dir: all its jobs' runs
+    python script/plot.py RUN_A_SEED0 RUN_A_SEED1 RUN_B_SEED0 --out curves.png
+    python script/plot.py SWEEP_A SWEEP_B --keys eval/episode_return train/pg_loss --x step
 
-The x-axis is the iteration (`step`), the environment steps (`--x env_steps`) or the wall time
-in minutes (`--x wall_time`) reached after that row's iteration, both read from the training
-rows (`train/env_steps`, `train/wall_time`; 0 before the first iteration); several x-axes give
-one row of panels each. Runs that share a
-label are one group: its line is the mean over the runs at the iterations they all logged, with
-the min-max range shaded.
+Runs are grouped by label, one line each: the run's name (`name` in its config.yaml: task, algorithm,
+sizes) followed, for the jobs of a sweep, by the overrides that differ between its jobs other than
+seed; or --labels, one per run. A line is the mean over the group's runs at the iterations they all
+logged; the shaded band is their min-max range; the legend gives the number of runs (n).
+
+Default panels: the evaluation return (the success rate instead, when the runs log one) against each
+x-axis, then train/loss, train/pg_loss and train/value_loss against the first x-axis; keys no run
+logged are left out. X-axes: environment steps (`env_steps`) and wall time in minutes (`wall_time`)
+reached after that row's iteration, read from the training rows (0 before the first iteration), or
+the iteration (`step`); an x-axis no run logs (env steps in pre-training) becomes the iteration.
 """
 
 import argparse
-import json
 import os
+import sys
 
 import numpy as np
 from matplotlib.figure import Figure
 
-DEFAULT_KEYS = ["eval/episode_return", "train/episode_return", "train/loss", "train/pg_loss", "train/value_loss"]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dppo.sweep import is_sweep_dir, job_labels, read_metrics, run_config, success_key, sweep_jobs  # noqa: E402
+
+RETURN_KEY = "eval/episode_return"
+LOSS_KEYS = ["train/loss", "train/pg_loss", "train/value_loss"]
+DEFAULT_X = ["env_steps", "wall_time"]
 X_KEYS = {"env_steps": "train/env_steps", "wall_time": "train/wall_time"}
 X_LABELS = {"step": "iteration", "env_steps": "environment steps", "wall_time": "wall time (min)"}
 SECONDS_PER_MINUTE = 60.0
+SPREAD = "min-max"
 
 
-def read_rows(run_dir: str) -> list[dict]:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise SystemExit(f"{path} not found: pass run directories written by script/run.py.")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def expand_runs(paths: list[str]) -> tuple[list[str], list[str]]:
+    """Run dirs and their labels from run dirs and sweep dirs (a sweep dir gives the run of each of its jobs)."""
+    runs, labels = [], []
+    for path in paths:
+        if is_sweep_dir(path):
+            jobs = sweep_jobs(path)
+            runs += [job["run_dir"] for job in jobs]
+            labels += job_labels(jobs)
+        else:
+            runs.append(path)
+            labels.append(run_config(path).get("name", os.path.basename(os.path.normpath(path))))
+    return runs, labels
 
 
 def env_steps_by_step(rows: list[dict]) -> dict[int, float]:
@@ -55,53 +72,82 @@ def group_curve(runs_rows: list[list[dict]], key: str, x: str) -> tuple[np.ndarr
         x_of = x_by_step(rows, x)
         per_run.append({row["step"]: (x_of[row["step"]], row[key]) for row in rows if key in row and row["step"] in x_of})
     steps = sorted(set.intersection(*(set(points) for points in per_run)))
-    xs = np.array([[points[step][0] for step in steps] for points in per_run])
-    ys = np.array([[points[step][1] for step in steps] for points in per_run])
     if not steps:
         return np.array([]), np.array([]), np.array([]), np.array([])
+    xs = np.array([[points[step][0] for step in steps] for points in per_run])
+    ys = np.array([[points[step][1] for step in steps] for points in per_run])
     return xs.mean(axis=0), ys.mean(axis=0), ys.min(axis=0), ys.max(axis=0)
 
 
-def plot_runs(runs: list[str], labels: list[str], keys: list[str], x: str | list[str]) -> Figure:
-    """One panel per (x-axis, key); one line per label (the mean of its runs, min-max shaded when it has several)."""
+def default_keys(all_rows: list[list[dict]]) -> list[str]:
+    """The evaluation success rate if any run logs one, else the evaluation return; then the losses."""
+    success = sorted(filter(None, (success_key(rows) for rows in all_rows)))
+    return [success[0] if success else RETURN_KEY, *LOSS_KEYS]
+
+
+def x_axes(all_rows: list[list[dict]], x: list[str]) -> list[str]:
+    """The requested x-axes, each one no run logs replaced by the iteration (without repeats)."""
+    logged = [axis if axis == "step" or any(X_KEYS[axis] in row for rows in all_rows for row in rows) else "step"
+              for axis in x]
+    return list(dict.fromkeys(logged))
+
+
+def plot_runs(runs: list[str], labels: list[str], keys: list[str] | None = None, x: str | list[str] = DEFAULT_X) -> Figure:
+    """One panel per (x-axis, key) with data, losses against the first x-axis only; one line per label:
+    the mean of its runs, their min-max range shaded."""
     groups: dict[str, list[list[dict]]] = {}
     for run, label in zip(runs, labels):
-        groups.setdefault(label, []).append(read_rows(run))
-    panels = [(x_axis, key) for x_axis in ([x] if isinstance(x, str) else x) for key in keys]
-    n_cols = min(len(panels), 3)
-    n_rows = (len(panels) + 2) // 3
-    figure = Figure(figsize=(4.5 * n_cols, 3.2 * n_rows))
+        groups.setdefault(label, []).append(read_metrics(run))
+    all_rows = [rows for runs_rows in groups.values() for rows in runs_rows]
+    keys = keys or default_keys(all_rows)
+    axes_x = x_axes(all_rows, [x] if isinstance(x, str) else list(x))
+    panels = [(axis, key) for axis in axes_x for key in keys if axis == axes_x[0] or "loss" not in key]
+    panels = [(axis, key) for axis, key in panels if any(key in row for rows in all_rows for row in rows)]
+    n_cols = max(1, min(len(panels), 3))
+    n_rows = max(1, (len(panels) + n_cols - 1) // n_cols)
+    figure = Figure(figsize=(4.5 * n_cols, 3.2 * n_rows + 0.4))
     axes = figure.subplots(n_rows, n_cols, squeeze=False).ravel()
-    for ax, (x, key) in zip(axes, panels):
+    for ax, (axis, key) in zip(axes, panels):
         for label, runs_rows in groups.items():
-            xs, mean, low, high = group_curve(runs_rows, key, x)
+            xs, mean, low, high = group_curve(runs_rows, key, axis)
             if len(xs):
-                line, = ax.plot(xs, mean, marker="." if len(xs) < 30 else None, label=label)
+                line, = ax.plot(xs, mean, marker="." if len(xs) < 30 else None, label=f"{label} (n={len(runs_rows)})")
                 if len(runs_rows) > 1:
                     ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
         ax.set_title(key)
-        ax.set_xlabel(X_LABELS[x])
+        ax.set_xlabel(X_LABELS[axis])
         ax.legend(fontsize=7)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
+    figure.suptitle(f"mean over the runs of each label; shaded: {SPREAD} range", fontsize=9)
     figure.tight_layout()
     return figure
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="run directories holding metrics.jsonl")
-    parser.add_argument("--keys", nargs="+", default=DEFAULT_KEYS, help="metrics to plot, one panel each")
-    parser.add_argument("--x", nargs="+", choices=list(X_LABELS), default=["step"])
+    parser.add_argument("paths", nargs="+", help="run directories (holding metrics.jsonl) and/or sweep directories")
+    parser.add_argument("--keys", nargs="+", default=None, help="metrics to plot (default: see above)")
+    parser.add_argument("--x", nargs="+", choices=list(X_LABELS), default=DEFAULT_X)
     parser.add_argument("--labels", nargs="+", default=None,
-                        help="legend label per run (default: run dir name); runs with one label are averaged")
-    parser.add_argument("--out", default="curves.png")
+                        help="label per run, after sweep dirs are expanded; runs sharing a label are averaged")
+    parser.add_argument("--out", default=None, help="PNG path (default: curves.png in the sweep dir if one is given, "
+                                                    "else in the current directory)")
     args = parser.parse_args()
-    labels = args.labels or [os.path.basename(os.path.normpath(run)) for run in args.runs]
-    if len(labels) != len(args.runs):
-        raise SystemExit(f"--labels needs one label per run ({len(args.runs)}), got {len(labels)}.")
-    plot_runs(args.runs, labels, args.keys, args.x).savefig(args.out, dpi=100)
-    print(f"wrote {args.out}")
+    try:
+        runs, labels = expand_runs(args.paths)
+        if args.labels is not None:
+            if len(args.labels) != len(runs):
+                raise SystemExit(f"--labels needs one label per run ({len(runs)} after expanding sweeps), "
+                                 f"got {len(args.labels)}.")
+            labels = args.labels
+        figure = plot_runs(runs, labels, args.keys, args.x)
+    except FileNotFoundError as error:
+        raise SystemExit(str(error))
+    single_sweep = len(args.paths) == 1 and is_sweep_dir(args.paths[0])
+    out = args.out or os.path.join(args.paths[0] if single_sweep else ".", "curves.png")
+    figure.savefig(out, dpi=100)
+    print(f"wrote {out}: {len(set(labels))} settings from {len(runs)} runs")
 
 
 if __name__ == "__main__":

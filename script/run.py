@@ -3,46 +3,88 @@
     python script/run.py --config-name=pre_diffusion_mlp            # default task (hopper)
     python script/run.py --config-name=ft_ppo_diffusion_mlp task=walker2d
     python script/run.py --config-name=ft_ppo_diffusion_mlp --multirun task=hopper,walker2d seed=0,1,2
+    python script/run.py --config-name=ft_ppo_diffusion_mlp --multirun 'task=glob(*)' seed=0,1 \
+        hydra/launcher=joblib hydra.launcher.n_jobs=2
+    torchrun --nproc_per_node=2 script/run.py --config-name=pre_diffusion_mlp     # pre-training on 2 processes
+
+A multirun takes Hydra's whole sweep syntax and any launcher (basic, joblib, submitit_local,
+submitit_slurm); when it ends, summary.csv / summary.md are written in its sweep dir (dppo/sweep.py).
 """
 
 import os
 import sys
 
 import hydra
-from hydra.errors import InstantiationException
+from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
+from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+# Jobs that run in other processes (joblib workers, submitit jobs, env workers) import the repo's modules too.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
 
 from dppo.config import ConfigError, register_resolvers, startup_error_line, validate_config  # noqa: E402
+from dppo.distributed import world_size  # noqa: E402
 from dppo.divergence import NonFiniteError  # noqa: E402
+from dppo.runtime import job_threads, parallel_jobs, set_threads  # noqa: E402
+from dppo.sweep import in_multirun, record_job  # noqa: E402
 
 register_resolvers()
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfg")
+CONFIG_DIR = os.path.join(REPO, "cfg")
+
+
+class JobFailed(RuntimeError):
+    """A multirun job failed at start-up or diverged: Hydra marks it failed and the other jobs still run."""
 
 
 def check_task_overrides(argv: list[str]) -> None:
-    """Exit with one line when `task=...` names no file in cfg/task (Hydra's own message spans many lines)."""
+    """Exit with one line when a `task=` override names no file in cfg/task (Hydra's own message spans many
+    lines). Overrides are read with Hydra's parser, so every sweep form (a,b / choice / glob / range) passes
+    through; a glob is left to Hydra, since it only matches existing tasks."""
     known = sorted(name[:-5] for name in os.listdir(os.path.join(CONFIG_DIR, "task")) if name.endswith(".yaml"))
-    for arg in argv:
-        if arg.startswith("task="):
-            for task in arg[len("task="):].split(","):
-                if task not in known:
-                    sys.exit(f"Unknown task '{task}': use one of {', '.join(known)} (configs in cfg/task/).")
+    try:
+        overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_known_args(argv)[0].overrides)
+    except HydraException:
+        return  # a syntax error: Hydra reports it itself
+    for override in overrides:
+        if override.key_or_group != "task" or override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+            continue
+        tasks = list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(override.value())]
+        for task in tasks:
+            if task not in known:
+                sys.exit(f"Unknown task '{task}': use one of {', '.join(known)} (configs in cfg/task/).")
+
+
+def fail(line: str) -> None:
+    """Stop a single run with one line; in a multirun, fail only this job."""
+    if in_multirun():
+        raise JobFailed(line)
+    sys.exit(line)
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="pre_diffusion_mlp")
 def main(cfg: DictConfig) -> None:
     try:
+        n_jobs = HydraConfig.get().launcher.get("n_jobs") if HydraConfig.initialized() else None
+        threads = job_threads(cfg.get("threads"), parallel_jobs(n_jobs))
+        if threads is not None:
+            set_threads(threads)
         validate_config(cfg)
-        agent = hydra.utils.get_class(cfg._target_)(cfg)
+        agent_class = hydra.utils.get_class(cfg._target_)
+        if world_size() > 1 and not getattr(agent_class, "supports_torchrun", False):
+            raise ConfigError(f"{cfg._target_} runs in one process: use torchrun with a pre-training config (pre_*).")
+        agent = agent_class(cfg)
     except (ConfigError, FileNotFoundError, ValueError, InstantiationException) as error:
-        sys.exit(startup_error_line(error))
+        fail(startup_error_line(error))
+    record_job(getattr(agent, "logdir", cfg.logdir), threads)
     try:
         agent.run()
     except NonFiniteError as error:
-        sys.exit(str(error))
-
+        fail(str(error))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""script/plot.py draws curves of several runs against iterations or environment steps."""
+"""script/plot.py draws the seed-aggregated curves of runs and sweeps; script/summarize.py tabulates them."""
 
 import json
 import os
@@ -8,14 +8,36 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "script"))
 
-from plot import env_steps_by_step, plot_runs  # noqa: E402
+from plot import env_steps_by_step, expand_runs, plot_runs  # noqa: E402
 from summarize import summary_table  # noqa: E402
 
 
-def write_run(run_dir, rows):
+def write_run(run_dir, rows, name=None, env_name="hopper", seed=0):
+    """A run dir with metrics.jsonl and, when `name` is given, the config.yaml keys plot.py reads."""
     os.makedirs(run_dir)
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
+    if name is not None:
+        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+            f.write(f"name: {name}\nenv_name: {env_name}\nseed: {seed}\n")
+
+
+def write_job(sweep_dir, num, run_dir, overrides, config_name="ft_ppo_diffusion_mlp"):
+    """The job.json a multirun job of script/run.py leaves in its subdirectory of the sweep dir."""
+    os.makedirs(os.path.join(sweep_dir, str(num)))
+    with open(os.path.join(sweep_dir, str(num), "job.json"), "w") as f:
+        json.dump({"num": num, "config_name": config_name, "overrides": overrides, "run_dir": str(run_dir),
+                   "threads": None}, f)
+
+
+def seed_rows(scale):
+    """Two iterations of a fine-tuning run whose every metric is `scale` times a fixed curve."""
+    return [{"step": 0, "eval/episode_return": 10.0 * scale},
+            {"step": 1, "train/env_steps": 400.0, "train/wall_time": 60.0 * scale, "train/loss": 1.0 * scale,
+             "train/pg_loss": -0.1 * scale, "train/value_loss": 2.0 * scale},
+            {"step": 2, "train/env_steps": 800.0, "train/wall_time": 120.0 * scale, "train/loss": 0.5 * scale,
+             "train/pg_loss": -0.2 * scale, "train/value_loss": 1.0 * scale},
+            {"step": 2, "eval/episode_return": 30.0 * scale}]
 
 
 ROWS = [
@@ -53,12 +75,12 @@ def test_runs_sharing_a_label_are_drawn_as_their_mean_with_the_spread_shaded(tmp
                        ["eval/episode_return", "train/pg_loss"], x="wall_time")
     eval_ax, loss_ax = figure.axes[:2]
     lines = {line.get_label(): line for line in eval_ax.get_lines()}
-    assert list(lines["A"].get_xdata()) == [0.0, 2.0]  # mean of 1 and 3 minutes
-    assert list(lines["A"].get_ydata()) == [20.0, 30.0]
-    assert list(lines["B"].get_xdata()) == [0.0, 1.5]
-    assert list(lines["B"].get_ydata()) == [10.0, 20.0]
+    assert list(lines["A (n=2)"].get_xdata()) == [0.0, 2.0]  # mean of 1 and 3 minutes
+    assert list(lines["A (n=2)"].get_ydata()) == [20.0, 30.0]
+    assert list(lines["B (n=1)"].get_xdata()) == [0.0, 1.5]
+    assert list(lines["B (n=1)"].get_ydata()) == [10.0, 20.0]
     assert len(eval_ax.collections) == 1, "only the group of two runs has a shaded spread"
-    assert [line.get_label() for line in loss_ax.get_lines()] == ["B"]
+    assert [line.get_label() for line in loss_ax.get_lines()] == ["B (n=1)"]
     assert eval_ax.get_xlabel() == "wall time (min)"
 
     by_both = plot_runs([str(tmp_path / "s0")], ["A"], ["eval/episode_return"], x=["env_steps", "wall_time"])
@@ -80,3 +102,55 @@ def test_summary_table_averages_runs_sharing_a_label(tmp_path):
     table = summary_table([str(tmp_path / "a0"), str(tmp_path / "a1")], ["A", "A"])
     assert table.splitlines()[2] == ("| A | 2 | 15.0 (10.0, 20.0) | 25.0 (30.0, 20.0) | 2,000.0 (1,000.0, 3,000.0) "
                                      "| 3.0 (2.0, 4.0) | 300.0 (200.0, 400.0) |")
+
+
+def test_two_seeds_of_one_config_give_one_mean_line_per_panel(tmp_path):
+    name = "hopper_ft_ppo_diffusion_mlp_ta4_td20_tdf10"
+    write_run(tmp_path / "seed0", seed_rows(1.0), name=name, seed=0)
+    write_run(tmp_path / "seed1", seed_rows(3.0), name=name, seed=1)
+    runs, labels = expand_runs([str(tmp_path / "seed0"), str(tmp_path / "seed1")])
+    assert labels == [name, name]
+    figure = plot_runs(runs, labels)
+    panels = [(ax.get_title(), ax.get_xlabel()) for ax in figure.axes if ax.get_visible()]
+    assert panels == [("eval/episode_return", "environment steps"), ("train/loss", "environment steps"),
+                      ("train/pg_loss", "environment steps"), ("train/value_loss", "environment steps"),
+                      ("eval/episode_return", "wall time (min)")], "losses against env steps only; no train/return"
+    by_panel = {panel: ax for panel, ax in zip(panels, figure.axes)}
+    for (title, x_label), ax in by_panel.items():
+        assert [line.get_label() for line in ax.get_lines()] == [f"{name} (n=2)"]
+        assert len(ax.collections) == 1, "the min-max band of the two seeds"
+    eval_line = by_panel[("eval/episode_return", "environment steps")].get_lines()[0]
+    assert list(eval_line.get_xdata()) == [0.0, 800.0]
+    assert list(eval_line.get_ydata()) == [20.0, 60.0]  # means of (10, 30) and (30, 90)
+    wall_line = by_panel[("eval/episode_return", "wall time (min)")].get_lines()[0]
+    assert list(wall_line.get_xdata()) == [0.0, 4.0]  # mean of 2 and 6 minutes
+    value_line = by_panel[("train/value_loss", "environment steps")].get_lines()[0]
+    assert list(value_line.get_ydata()) == [4.0, 2.0]
+    assert "min-max" in figure.get_suptitle()
+
+
+def test_a_sweep_dir_gives_one_line_per_task_over_its_seeds(tmp_path):
+    sweep = tmp_path / "sweep"
+    for num, (task, seed, scale) in enumerate([("hopper", 0, 1.0), ("hopper", 1, 2.0), ("walker2d", 0, 5.0)]):
+        run_dir = tmp_path / f"run{num}"
+        write_run(run_dir, seed_rows(scale), name=f"{task}_ft_ppo", env_name=task, seed=seed)
+        write_job(sweep, num, run_dir, [f"task={task}", f"seed={seed}", "train.n_train_itr=2"])
+    runs, labels = expand_runs([str(sweep)])
+    assert labels == ["hopper_ft_ppo", "hopper_ft_ppo", "walker2d_ft_ppo"]
+    figure = plot_runs(runs, labels, keys=["eval/episode_return"], x="env_steps")
+    ax, = [ax for ax in figure.axes if ax.get_visible()]
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert lines == {"hopper_ft_ppo (n=2)": [15.0, 45.0], "walker2d_ft_ppo (n=1)": [50.0, 150.0]}
+
+    subprocess.run([sys.executable, "script/plot.py", str(sweep)], cwd=REPO, check=True, capture_output=True,
+                   timeout=120)
+    assert (sweep / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_labels_keep_the_overrides_that_differ_except_seed(tmp_path):
+    sweep = tmp_path / "sweep"
+    for num, (lr, seed) in enumerate([(1e-4, 0), (1e-4, 1), (1e-3, 0)]):
+        write_run(tmp_path / f"run{num}", seed_rows(1.0), name="hopper_ft_ppo", seed=seed)
+        write_job(sweep, num, tmp_path / f"run{num}", [f"train.actor_lr={lr}", f"seed={seed}", "wandb=null"])
+    assert expand_runs([str(sweep)])[1] == ["hopper_ft_ppo train.actor_lr=0.0001", "hopper_ft_ppo train.actor_lr=0.0001",
+                                           "hopper_ft_ppo train.actor_lr=0.001"]
