@@ -9,6 +9,7 @@ Resolvers usable in YAML after `register_resolvers()`:
 """
 
 import math
+import os
 from datetime import datetime
 
 from hydra.errors import InstantiationException
@@ -51,6 +52,26 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("data_dir", data_dir, replace=True)
     OmegaConf.register_new_resolver("log_dir", log_dir, replace=True)
     OmegaConf.register_new_resolver("default_device", default_device, replace=True)
+
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfg")
+
+
+def task_names() -> list[str]:
+    """The tasks in cfg/task/, by file name."""
+    return sorted(name[: -len(".yaml")] for name in os.listdir(os.path.join(CONFIG_DIR, "task"))
+                  if name.endswith(".yaml"))
+
+
+def load_task_config(task: str) -> DictConfig:
+    """cfg/task/<task>.yaml, resolved (for scripts outside Hydra, such as the demo makers)."""
+    path = os.path.join(CONFIG_DIR, "task", f"{task}.yaml")
+    if not os.path.isfile(path):
+        raise ConfigError(f"Unknown task '{task}': use one of {', '.join(task_names())}, or add cfg/task/{task}.yaml.")
+    register_resolvers()
+    cfg = OmegaConf.load(path)
+    OmegaConf.resolve(cfg)
+    return cfg
 
 
 def check_keys(cfg: DictConfig | dict, keys: list[str], where: str) -> None:

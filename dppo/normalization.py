@@ -5,6 +5,11 @@ it as `normalization.npz` (keys `obs_min`, `obs_max`, `action_min`,
 `action_max`), and used identically by pre-training, fine-tuning and
 evaluation: the env wrapper normalizes observations and un-normalizes actions
 with the very same object.
+
+Two guards for observations the dataset did not cover:
+- a dimension that is constant in the dataset (range <= CONSTANT_RANGE, e.g. the contact forces that
+  gymnasium's MuJoCo envs report as zeros) maps to 0, the centre, instead of being scaled by 1 / RANGE_EPS;
+- normalized observations are clipped to +-OBS_CLIP (the dataset itself spans [-1, 1]).
 """
 
 import os
@@ -13,10 +18,20 @@ import numpy as np
 import torch
 
 RANGE_EPS = 1e-6
+CONSTANT_RANGE = 1e-6  # a dimension whose dataset range is at most this is constant
+OBS_CLIP = 5.0  # normalized observations are clipped to [-OBS_CLIP, OBS_CLIP]
 
 
 def _minmax_to_unit(x, low, high):
     return 2.0 * (x - low) / (high - low + RANGE_EPS) - 1.0
+
+
+def _unit_scale_offset(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x -> (x - low) * scale + offset maps [low, high] to [-1, 1], and constant dimensions to 0."""
+    constant = (high - low) <= CONSTANT_RANGE
+    scale = np.where(constant, 0.0, 2.0 / (high - low + RANGE_EPS)).astype(np.float32)
+    offset = np.where(constant, 0.0, -1.0).astype(np.float32)
+    return scale, offset
 
 
 def _unit_to_minmax(x, low, high):
@@ -79,7 +94,14 @@ class MinMaxNormalizer:
         return low, high
 
     def normalize_obs(self, obs):
-        return _minmax_to_unit(obs, *self._bounds("obs", obs))
+        """(..., Do) -> [-1, 1] over the dataset's range, constant dimensions at 0, clipped to +-OBS_CLIP."""
+        low, _ = self._bounds("obs", obs)
+        scale, offset = _unit_scale_offset(self.stats["obs_min"], self.stats["obs_max"])
+        if isinstance(obs, torch.Tensor):
+            scale = torch.as_tensor(scale, dtype=obs.dtype, device=obs.device)
+            offset = torch.as_tensor(offset, dtype=obs.dtype, device=obs.device)
+            return ((obs - low) * scale + offset).clamp(-OBS_CLIP, OBS_CLIP)
+        return np.clip((obs - low) * scale + offset, -OBS_CLIP, OBS_CLIP)
 
     def unnormalize_obs(self, obs):
         return _unit_to_minmax(obs, *self._bounds("obs", obs))

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from dppo.normalization import MinMaxNormalizer
-from env.gym_locomotion import gym_env_id, make_gym_env
+from env.families import check_env, make_family_env
 from env.wrappers.guard import SimulatorGuard
 from env.wrappers.multi_step import MultiStep
 from env.wrappers.normalization import NormalizeObsAction
@@ -34,26 +35,30 @@ WORKER_DIED_ERRORS = (EOFError, BrokenPipeError, ConnectionResetError)
 class VectorStep:
     """One action chunk in every env; all tensors on the env's device.
 
-    obs:        (n_envs, To, Do) float32, next obs (already reset where an episode ended)
+    obs:        {key: (n_envs, To, ...)} next obs (already reset where an episode ended): "state" float32,
+                "rgb" uint8 for pixel tasks
     reward:     (n_envs,) float32, summed over the executed steps of the chunk
     terminated: (n_envs,) bool
     truncated:  (n_envs,) bool
-    final_obs:  (n_envs, To, Do) float32, last obs of the ended episode where one ended, else `obs`
+    final_obs:  {key: (n_envs, To, ...)}, last obs of the ended episode where one ended, else `obs`
     n_executed: (n_envs,) int64, simulator steps run
     sim_errors: (n_envs,) int64, simulator failures turned into truncations
     cut:        (n_envs,) bool, the episode ended for a reason other than the task: a simulator failure or a
                 restart of the vector env after a worker died (every env). Cut episodes are truncations for
                 learning but not finished episodes for the statistics.
+    success:    (n_envs,) bool, the task was solved during the chunk; None when the envs report no success
+                (gym locomotion)
     """
 
-    obs: torch.Tensor
+    obs: dict
     reward: torch.Tensor
     terminated: torch.Tensor
     truncated: torch.Tensor
-    final_obs: torch.Tensor
+    final_obs: dict
     n_executed: torch.Tensor
     sim_errors: torch.Tensor
     cut: torch.Tensor
+    success: torch.Tensor | None = None
 
 
 def _per_env_info(info: dict, key: str, num_envs: int) -> np.ndarray:
@@ -66,10 +71,15 @@ def _per_env_info(info: dict, key: str, num_envs: int) -> np.ndarray:
     return values
 
 
+def _copy_obs(obs: dict) -> dict:
+    """{key: (n_envs, ...)} numpy arrays, copied out of the vector env's buffers."""
+    return {key: np.array(value) for key, value in obs.items()}
+
+
 class TorchVectorEnv:
     """Steps `len(env_fns)` envs with action chunks and returns torch tensors on `device`.
 
-    Each env is a `MultiStep` env: observations (To, Do), actions (act_steps, Da).
+    Each env is a `MultiStep` env: observations {key: (To, ...)}, actions (act_steps, Da).
     With `asynchronous=True` every env runs in its own process; a dead worker
     makes the whole vector env be rebuilt (counted in `n_worker_restarts`).
     """
@@ -89,7 +99,7 @@ class TorchVectorEnv:
         self.single_action_space = self._env.single_action_space
         self.n_sim_errors = 0
         self.n_worker_restarts = 0
-        self._obs: np.ndarray | None = None  # (n_envs, To, Do), the obs the next actions act on
+        self._obs: dict | None = None  # {key: (n_envs, To, ...)}, the obs the next actions act on
 
     def _build(self) -> gym.vector.VectorEnv:
         autoreset_mode = gym.vector.AutoresetMode.SAME_STEP
@@ -100,25 +110,31 @@ class TorchVectorEnv:
     def _tensor(self, x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(x).to(device=self.device, dtype=dtype)
 
+    def _obs_tensors(self, obs: dict) -> dict:
+        """{key: (n_envs, ...)} numpy -> tensors on the device: float observations as float32, images stay uint8."""
+        return {key: self._tensor(value, torch.uint8 if value.dtype == np.uint8 else torch.float32)
+                for key, value in obs.items()}
+
     def _vector_step(self, obs, reward, terminated, truncated, final_obs, n_executed, sim_errors,
-                     restarted: bool = False) -> VectorStep:
+                     success=None, restarted: bool = False) -> VectorStep:
         """Numpy arrays (see `VectorStep`) -> tensors on the device."""
         return VectorStep(
-            obs=self._tensor(obs, torch.float32),
+            obs=self._obs_tensors(obs),
             reward=self._tensor(reward, torch.float32),
             terminated=self._tensor(terminated, torch.bool),
             truncated=self._tensor(truncated, torch.bool),
-            final_obs=self._tensor(final_obs, torch.float32),
+            final_obs=self._obs_tensors(final_obs),
             n_executed=self._tensor(n_executed, torch.int64),
             sim_errors=self._tensor(sim_errors, torch.int64),
             cut=self._tensor((np.asarray(sim_errors) > 0) | restarted, torch.bool),
+            success=None if success is None else self._tensor(success, torch.bool),
         )
 
-    def reset(self, seed: int | None = None) -> torch.Tensor:
-        """Resets all envs (env i gets seed + i). Returns obs (n_envs, To, Do) float32."""
+    def reset(self, seed: int | None = None) -> dict:
+        """Resets all envs (env i gets seed + i). Returns obs {key: (n_envs, To, ...)}."""
         obs, _ = self._env.reset(seed=seed)
-        self._obs = np.array(obs, dtype=np.float32)
-        return self._tensor(self._obs, torch.float32)
+        self._obs = _copy_obs(obs)
+        return self._obs_tensors(self._obs)
 
     def step(self, actions: torch.Tensor | np.ndarray) -> VectorStep:
         """actions: (n_envs, act_steps, Da), numpy or torch on any device."""
@@ -137,16 +153,19 @@ class TorchVectorEnv:
                 raise
             return self._restart_after(exc)
 
-        obs = np.array(obs, dtype=np.float32)
-        final_obs = obs.copy()
+        obs = _copy_obs(obs)
+        final_obs = _copy_obs(obs)
         ended = info.get("_final_obs", np.zeros(self.num_envs, dtype=bool))
         for i in np.flatnonzero(ended):
-            final_obs[i] = info["final_obs"][i]
+            for key, value in info["final_obs"][i].items():
+                final_obs[key][i] = value
         sim_errors = _per_env_info(info, "sim_error", self.num_envs)
         self.n_sim_errors += int(sim_errors.sum())
         self._obs = obs
         n_executed = _per_env_info(info, "n_executed", self.num_envs)
-        return self._vector_step(obs, reward, terminated, truncated, final_obs, n_executed, sim_errors)
+        reports_success = "success" in info or "success" in info.get("final_info", {})
+        success = _per_env_info(info, "success", self.num_envs) > 0 if reports_success else None
+        return self._vector_step(obs, reward, terminated, truncated, final_obs, n_executed, sim_errors, success)
 
     def _restart_after(self, exc: Exception) -> VectorStep:
         """Rebuilds the vector env after a worker died; every episode ends truncated at the obs before the step."""
@@ -156,7 +175,7 @@ class TorchVectorEnv:
         self.n_worker_restarts += 1
         final_obs = self._obs
         obs, _ = self._env.reset()
-        self._obs = np.array(obs, dtype=np.float32)
+        self._obs = _copy_obs(obs)
         zeros, ones = np.zeros(self.num_envs), np.ones(self.num_envs)
         return self._vector_step(self._obs, zeros, zeros, ones, final_obs, zeros, zeros, restarted=True)
 
@@ -181,7 +200,9 @@ class TorchVectorEnv:
 
 
 def _make_env(
-    env_name: str,
+    family: str,
+    env_id: str,
+    env_kwargs: dict,
     n_obs_steps: int,
     n_action_steps: int,
     normalization_path: str | None,
@@ -189,7 +210,7 @@ def _make_env(
     video_dir: str | None,
     max_video_episodes: int,
 ) -> gym.Env:
-    env = make_gym_env(env_name, seed=seed, render_mode="rgb_array" if video_dir else None)
+    env = make_family_env(family, env_id, seed=seed, render_mode="rgb_array" if video_dir else None, **env_kwargs)
     env = SimulatorGuard(env)
     if video_dir:
         env = VideoRecorder(env, video_dir, max_episodes=max_video_episodes)
@@ -199,43 +220,50 @@ def _make_env(
 
 
 def make_env_fn(
-    env_name: str,
+    family: str,
+    env_id: str,
     n_obs_steps: int,
     n_action_steps: int,
+    env_kwargs: dict | None = None,
     normalization_path: str | None = None,
     seed: int | None = None,
     video_dir: str | None = None,
     max_video_episodes: int = 1,
 ) -> Callable[[], gym.Env]:
     """A picklable function that builds one env inside a worker:
-    raw env -> SimulatorGuard -> [VideoRecorder] -> [NormalizeObsAction] -> MultiStep."""
+    family env -> SimulatorGuard -> [VideoRecorder] -> [NormalizeObsAction] -> MultiStep."""
     return functools.partial(
-        _make_env, env_name, n_obs_steps, n_action_steps, normalization_path, seed, video_dir, max_video_episodes
+        _make_env, family, env_id, dict(env_kwargs or {}), n_obs_steps, n_action_steps, normalization_path, seed,
+        video_dir, max_video_episodes,
     )
 
 
 def make_vector_env(
-    env_name: str,
+    family: str,
+    env_id: str,
     n_envs: int,
     n_obs_steps: int,
     n_action_steps: int,
+    env_kwargs: dict | None = None,
     normalization_path: str | None = None,
     device: str | torch.device = "cpu",
     asynchronous: bool = True,
     seed: int = 0,
     video_dir: str | None = None,
 ) -> TorchVectorEnv:
-    """`n_envs` locomotion envs (env i seeded with seed + i); only env 0 records video."""
-    gym_env_id(env_name)
+    """`n_envs` envs of a task family (env i seeded with seed + i); only env 0 records video."""
+    check_env(family, env_id)
     if normalization_path:
         MinMaxNormalizer.load(normalization_path)
     if video_dir:
         require_mp4_writer()
     env_fns = [
         make_env_fn(
-            env_name,
+            family,
+            env_id,
             n_obs_steps,
             n_action_steps,
+            env_kwargs=env_kwargs,
             normalization_path=normalization_path,
             seed=seed + i,
             video_dir=video_dir if i == 0 else None,
@@ -243,3 +271,10 @@ def make_vector_env(
         for i in range(n_envs)
     ]
     return TorchVectorEnv(env_fns, device=device, asynchronous=asynchronous)
+
+
+def make_task_vector_env(env_cfg, n_envs: int, n_obs_steps: int, n_action_steps: int, **kwargs) -> TorchVectorEnv:
+    """`make_vector_env` for a task config's `env` block (family, id, kwargs)."""
+    env_kwargs = OmegaConf.to_container(env_cfg.kwargs, resolve=True) if env_cfg.get("kwargs") else {}
+    return make_vector_env(env_cfg.family, env_cfg.id, n_envs, n_obs_steps, n_action_steps, env_kwargs=env_kwargs,
+                           **kwargs)

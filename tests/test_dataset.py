@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from agent.dataset.sequence import StitchedSequenceDataset, window_indices
-from dppo.normalization import MinMaxNormalizer
+from dppo.normalization import OBS_CLIP, MinMaxNormalizer
 
 LENGTHS = [5, 2, 7]
 
@@ -122,3 +122,13 @@ def test_wrong_dims_name_both_dims(tmp_path):
 def test_no_episode_long_enough():
     with pytest.raises(ValueError, match="horizon_steps=8"):
         window_indices(np.array([5, 2, 7]), horizon_steps=8, cond_steps=1)
+
+
+def test_constant_dims_normalize_to_the_centre_and_observations_are_clipped():
+    # dim 0 varies over [0, 2]; dim 1 is constant in the data (e.g. a contact force that is always 0)
+    normalizer = MinMaxNormalizer(obs_min=[0.0, 0.0], obs_max=[2.0, 0.0], action_min=[-1.0], action_max=[1.0])
+    obs = np.array([[1.0, 0.0], [1.0, 0.5], [100.0, -3.0]], dtype=np.float32)
+    expected = np.array([[0.0, 0.0], [0.0, 0.0], [OBS_CLIP, 0.0]], dtype=np.float32)
+    np.testing.assert_allclose(normalizer.normalize_obs(obs), expected, atol=1e-5)
+    torch.testing.assert_close(normalizer.normalize_obs(torch.as_tensor(obs)), torch.as_tensor(expected),
+                               atol=1e-5, rtol=0)

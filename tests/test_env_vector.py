@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from agent.eval.rollout import run_episodes
+from agent.finetune.episodes import summarize
 from dppo.normalization import MinMaxNormalizer
+from env.gym_locomotion import StateDictObservation
 from env.vector import TorchVectorEnv, make_vector_env
 from env.wrappers.guard import SimulatorGuard
 from env.wrappers.multi_step import MultiStep
@@ -40,44 +43,48 @@ def make_counting_env(n_obs_steps=2, n_action_steps=3, max_episode_steps=None, *
     env = CountingEnv(**kwargs)
     if max_episode_steps:
         env = gym.wrappers.TimeLimit(env, max_episode_steps)
-    return MultiStep(SimulatorGuard(env), n_obs_steps, n_action_steps)
+    return MultiStep(SimulatorGuard(StateDictObservation(env)), n_obs_steps, n_action_steps)
 
 
 def counting_vector_env(n_envs=2, asynchronous=False, **kwargs) -> TorchVectorEnv:
     return TorchVectorEnv([functools.partial(make_counting_env, **kwargs)] * n_envs, asynchronous=asynchronous)
 
 
-def first_obs_feature(x: torch.Tensor) -> list:
-    """(n_envs, To, 1) -> nested list of ints."""
-    return x[..., 0].int().tolist()
+def first_obs_feature(obs: dict) -> list:
+    """obs["state"] (n_envs, To, 1) -> nested list of ints."""
+    return obs["state"][..., 0].int().tolist()
 
 
 def test_hopper_sync_shapes_and_dtypes():
-    envs = make_vector_env("hopper", n_envs=2, n_obs_steps=2, n_action_steps=4, asynchronous=False, seed=3)
+    envs = make_vector_env("gym", "Hopper-v5", n_envs=2, n_obs_steps=2, n_action_steps=4, asynchronous=False, seed=3)
     try:
         assert envs.num_envs == 2 and envs.device == torch.device("cpu")
-        assert envs.single_observation_space.shape == (2, 11)
+        assert envs.single_observation_space["state"].shape == (2, 11)
         assert envs.single_action_space.shape == (4, 3)
         obs = envs.reset(seed=3)
-        assert obs.shape == (2, 2, 11) and obs.dtype == torch.float32
+        assert list(obs) == ["state"]
+        assert obs["state"].shape == (2, 2, 11) and obs["state"].dtype == torch.float32
         step = envs.step(torch.zeros(2, 4, 3))
-        assert step.obs.shape == step.final_obs.shape == (2, 2, 11)
-        assert step.obs.dtype == step.final_obs.dtype == step.reward.dtype == torch.float32
+        assert step.obs["state"].shape == step.final_obs["state"].shape == (2, 2, 11)
+        assert step.obs["state"].dtype == step.final_obs["state"].dtype == step.reward.dtype == torch.float32
         assert step.reward.shape == step.terminated.shape == step.truncated.shape == (2,)
         assert step.terminated.dtype == step.truncated.dtype == torch.bool
         assert step.n_executed.dtype == step.sim_errors.dtype == torch.int64
         assert step.n_executed.tolist() == [4, 4] and step.sim_errors.tolist() == [0, 0]
+        assert step.success is None  # locomotion has no notion of success
         torch.testing.assert_close(step.final_obs, step.obs)
-        assert all(t.device.type == "cpu" for t in vars(step).values())
+        tensors = [*step.obs.values(), *step.final_obs.values(),
+                   *(t for t in vars(step).values() if isinstance(t, torch.Tensor))]
+        assert all(t.device.type == "cpu" for t in tensors)
     finally:
         envs.close()
 
 
 def test_reset_seeds_env_i_with_seed_plus_i():
-    envs = make_vector_env("hopper", n_envs=2, n_obs_steps=1, n_action_steps=1, asynchronous=False)
-    single = make_vector_env("hopper", n_envs=1, n_obs_steps=1, n_action_steps=1, asynchronous=False)
+    envs = make_vector_env("gym", "Hopper-v5", n_envs=2, n_obs_steps=1, n_action_steps=1, asynchronous=False)
+    single = make_vector_env("gym", "Hopper-v5", n_envs=1, n_obs_steps=1, n_action_steps=1, asynchronous=False)
     try:
-        torch.testing.assert_close(envs.reset(seed=5)[1], single.reset(seed=6)[0])
+        torch.testing.assert_close(envs.reset(seed=5)["state"][1], single.reset(seed=6)["state"][0])
     finally:
         envs.close()
         single.close()
@@ -131,16 +138,18 @@ def test_wrong_action_shape_names_expected_shape():
 
 
 def test_unknown_env_fails_fast():
-    with pytest.raises(ValueError, match="Unknown Gym task 'hoper'"):
-        make_vector_env("hoper", n_envs=2, n_obs_steps=1, n_action_steps=1)
+    with pytest.raises(ValueError, match="Unknown gymnasium env id 'Hoper-v5': set env.id in the task config"):
+        make_vector_env("gym", "Hoper-v5", n_envs=2, n_obs_steps=1, n_action_steps=1)
+    with pytest.raises(ValueError, match="Unknown env family 'gymm'"):
+        make_vector_env("gymm", "Hopper-v5", n_envs=2, n_obs_steps=1, n_action_steps=1)
 
 
 def test_make_vector_env_normalizes(tmp_path):
     path = str(tmp_path / "normalization.npz")
     MinMaxNormalizer(-np.ones(11), np.ones(11), -np.ones(3), np.ones(3)).save(path)
-    raw = make_vector_env("hopper", n_envs=1, n_obs_steps=1, n_action_steps=1, asynchronous=False)
+    raw = make_vector_env("gym", "Hopper-v5", n_envs=1, n_obs_steps=1, n_action_steps=1, asynchronous=False)
     normalized = make_vector_env(
-        "hopper", n_envs=1, n_obs_steps=1, n_action_steps=1, normalization_path=path, asynchronous=False
+        "gym", "Hopper-v5", n_envs=1, n_obs_steps=1, n_action_steps=1, normalization_path=path, asynchronous=False
     )
     try:
         # with stats [-1, 1] the normalization is (almost) the identity
@@ -152,11 +161,11 @@ def test_make_vector_env_normalizes(tmp_path):
 
 
 def test_async_hopper_and_dead_worker_restart():
-    envs = make_vector_env("hopper", n_envs=2, n_obs_steps=2, n_action_steps=2, asynchronous=True)
+    envs = make_vector_env("gym", "Hopper-v5", n_envs=2, n_obs_steps=2, n_action_steps=2, asynchronous=True)
     try:
         obs = envs.reset(seed=0)
         step = envs.step(torch.zeros(2, 2, 3))
-        assert step.obs.shape == (2, 2, 11) and step.n_executed.tolist() == [2, 2]
+        assert step.obs["state"].shape == (2, 2, 11) and step.n_executed.tolist() == [2, 2]
         before = step.obs
 
         os.kill(envs._env.processes[1].pid, signal.SIGKILL)
@@ -166,7 +175,7 @@ def test_async_hopper_and_dead_worker_restart():
         assert step.truncated.tolist() == [True, True] and not step.terminated.any()
         assert step.reward.tolist() == [0.0, 0.0] and step.n_executed.tolist() == [0, 0]
         torch.testing.assert_close(step.final_obs, before)
-        assert step.obs.shape == obs.shape
+        assert step.obs["state"].shape == obs["state"].shape
 
         step = envs.step(torch.zeros(2, 2, 3))
         assert step.n_executed.tolist() == [2, 2] and not step.truncated.any()
@@ -188,7 +197,7 @@ class DyingEnv(CountingEnv):
 
 
 def make_dying_env(die_at: int | None) -> gym.Env:
-    return MultiStep(SimulatorGuard(DyingEnv(die_at)), n_obs_steps=1, n_action_steps=1)
+    return MultiStep(SimulatorGuard(StateDictObservation(DyingEnv(die_at))), n_obs_steps=1, n_action_steps=1)
 
 
 def test_worker_dying_during_a_step_restarts():
@@ -204,3 +213,45 @@ def test_worker_dying_during_a_step_restarts():
         assert step.n_executed.tolist() == [1, 1] and first_obs_feature(step.obs) == [[1], [1]]
     finally:
         envs.close()
+
+
+class SucceedingEnv(CountingEnv):
+    """Terminates at step `terminate_at`; reports info["success"], true at that step when `succeeds`."""
+
+    def __init__(self, terminate_at: int, succeeds: bool):
+        super().__init__(terminate_at=terminate_at)
+        self.succeeds = succeeds
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, {**info, "success": self.succeeds and terminated}
+
+
+def make_succeeding_env(terminate_at: int, succeeds: bool) -> gym.Env:
+    env = StateDictObservation(SucceedingEnv(terminate_at, succeeds))
+    return MultiStep(SimulatorGuard(env), n_obs_steps=1, n_action_steps=2)
+
+
+def test_success_reaches_episode_statistics_as_a_rate():
+    envs = TorchVectorEnv([functools.partial(make_succeeding_env, 3, True),
+                           functools.partial(make_succeeding_env, 5, False)], asynchronous=False)
+    try:
+        envs.reset()
+        step = envs.step(np.zeros((2, 2, 1)))
+        assert step.success.tolist() == [False, False]
+        step = envs.step(np.zeros((2, 2, 1)))
+        assert step.success.tolist() == [True, False]  # env 0 succeeded as its episode ended at step 3
+        episodes = run_episodes(envs, lambda obs: torch.zeros(2, 2, 1), n_episodes=4, act_steps=2, seed=0)
+    finally:
+        envs.close()
+    assert [e.success for e in episodes] == [True, True, False, False]
+    assert summarize(episodes)["success_rate"] == 0.5
+
+
+def test_locomotion_statistics_have_no_success_rate():
+    envs = counting_vector_env(terminate_at=2)
+    try:
+        episodes = run_episodes(envs, lambda obs: torch.zeros(2, 3, 1), n_episodes=2, act_steps=3, seed=0)
+    finally:
+        envs.close()
+    assert [e.success for e in episodes] == [None, None] and "success_rate" not in summarize(episodes)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dppo.normalization import MinMaxNormalizer
+from env.gym_locomotion import StateDictObservation
 from env.wrappers import video
 from env.wrappers.guard import SimulatorGuard
 from env.wrappers.multi_step import MultiStep
@@ -82,16 +83,16 @@ def test_guard_lets_usage_errors_through():
 def test_normalization_round_trip():
     normalizer = MinMaxNormalizer(obs_min=[0.0, 0.0], obs_max=[4.0, 40.0], action_min=[-2.0], action_max=[1.0])
     inner = CountingEnv()
-    env = NormalizeObsAction(inner, normalizer)
-    assert env.observation_space == gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+    env = NormalizeObsAction(StateDictObservation(inner), normalizer)
+    assert env.observation_space["state"] == gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
     assert env.action_space == gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
 
     obs, _ = env.reset()
-    assert obs.dtype == np.float32
-    np.testing.assert_allclose(obs, [-1.0, -1.0], atol=1e-5)
+    assert obs["state"].dtype == np.float32
+    np.testing.assert_allclose(obs["state"], [-1.0, -1.0], atol=1e-5)
     obs, *_ = env.step(np.array([1.0], dtype=np.float32))
-    np.testing.assert_allclose(normalizer.unnormalize_obs(obs), [1.0, 10.0], atol=1e-4)
-    np.testing.assert_allclose(obs, [-0.5, -0.5], atol=1e-5)
+    np.testing.assert_allclose(normalizer.unnormalize_obs(obs["state"]), [1.0, 10.0], atol=1e-4)
+    np.testing.assert_allclose(obs["state"], [-0.5, -0.5], atol=1e-5)
     np.testing.assert_allclose(inner.actions[-1], [1.0], atol=1e-5)  # +1 -> action_max
     env.step(np.array([-1.0], dtype=np.float32))
     np.testing.assert_allclose(inner.actions[-1], [-2.0], atol=1e-5)
@@ -101,46 +102,79 @@ def test_normalization_round_trip():
 def test_normalization_rejects_stats_of_another_task():
     normalizer = MinMaxNormalizer(np.zeros(3), np.ones(3), np.zeros(1), np.ones(1))
     with pytest.raises(ValueError, match="from another task"):
-        NormalizeObsAction(CountingEnv(), normalizer)
+        NormalizeObsAction(StateDictObservation(CountingEnv()), normalizer)
 
 
 def test_multi_step_spaces_and_history():
-    env = MultiStep(CountingEnv(), n_obs_steps=3, n_action_steps=2)
-    assert env.observation_space.shape == (3, 2) and env.observation_space.dtype == np.float32
+    env = MultiStep(StateDictObservation(CountingEnv()), n_obs_steps=3, n_action_steps=2)
+    state_space = env.observation_space["state"]
+    assert state_space.shape == (3, 2) and state_space.dtype == np.float32
     assert env.action_space.shape == (2, 1)
     np.testing.assert_array_equal(env.action_space.high, [[2.0], [2.0]])
 
     obs, _ = env.reset()
-    assert obs.dtype == np.float32
-    np.testing.assert_array_equal(obs[:, 0], [0, 0, 0])  # first obs repeated To times
+    assert obs["state"].dtype == np.float32
+    np.testing.assert_array_equal(obs["state"][:, 0], [0, 0, 0])  # first obs repeated To times
     obs, reward, terminated, truncated, info = env.step(np.array([[0.1], [0.2]]))
-    np.testing.assert_array_equal(obs[:, 0], [0, 1, 2])  # oldest first
+    np.testing.assert_array_equal(obs["state"][:, 0], [0, 1, 2])  # oldest first
     assert (reward, terminated, truncated, info["n_executed"], info["t"]) == (2.0, False, False, 2, 2)
     np.testing.assert_allclose(np.concatenate(env.unwrapped.actions), [0.1, 0.2])  # executed in order
     obs, *_ = env.step(np.zeros((2, 1)))
-    np.testing.assert_array_equal(obs[:, 0], [2, 3, 4])
+    np.testing.assert_array_equal(obs["state"][:, 0], [2, 3, 4])
+
+
+class PixelSuccessEnv(CountingEnv):
+    """CountingEnv with a (3, 4, 4) uint8 image of value t and info["success"] true at step `succeed_at` only."""
+
+    def __init__(self, succeed_at: int):
+        super().__init__()
+        self.succeed_at = succeed_at
+        self.observation_space = gym.spaces.Dict({
+            "state": gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
+            "rgb": gym.spaces.Box(0, 255, shape=(3, 4, 4), dtype=np.uint8),
+        })
+
+    def _obs(self):
+        return {"state": super()._obs().astype(np.float32), "rgb": np.full((3, 4, 4), self.t, dtype=np.uint8)}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, {**info, "success": self.t == self.succeed_at}
+
+
+def test_multi_step_stacks_every_key_in_its_dtype_and_reports_success_of_any_step():
+    env = MultiStep(PixelSuccessEnv(succeed_at=2), n_obs_steps=2, n_action_steps=3)
+    assert env.observation_space["rgb"].shape == (2, 3, 4, 4) and env.observation_space["rgb"].dtype == np.uint8
+    obs, _ = env.reset()
+    assert obs["rgb"].dtype == np.uint8 and obs["rgb"].shape == (2, 3, 4, 4)
+    obs, _, _, _, info = env.step(np.zeros((3, 1)))
+    assert obs["rgb"][:, 0, 0, 0].tolist() == [2, 3] and obs["state"][:, 0].tolist() == [2, 3]
+    assert info["success"] is True  # step 2 of the chunk succeeded, step 3 did not
+    _, _, _, _, info = env.step(np.zeros((3, 1)))
+    assert info["success"] is False
 
 
 def test_multi_step_stops_chunk_when_episode_ends():
-    env = MultiStep(CountingEnv(terminate_at=3), n_obs_steps=2, n_action_steps=4)
+    env = MultiStep(StateDictObservation(CountingEnv(terminate_at=3)), n_obs_steps=2, n_action_steps=4)
     env.reset()
     obs, reward, terminated, truncated, info = env.step(np.zeros((4, 1)))
     assert (reward, terminated, truncated, info["n_executed"]) == (3.0, True, False, 3)
-    np.testing.assert_array_equal(obs[:, 0], [2, 3])  # history after the last executed action
+    np.testing.assert_array_equal(obs["state"][:, 0], [2, 3])  # history after the last executed action
     assert env.unwrapped.t == 3
 
 
 def test_multi_step_sums_sim_errors_and_stops_on_truncation():
-    env = MultiStep(SimulatorGuard(CountingEnv(fail_at=2)), n_obs_steps=2, n_action_steps=4)
+    env = MultiStep(SimulatorGuard(StateDictObservation(CountingEnv(fail_at=2))), n_obs_steps=2, n_action_steps=4)
     env.reset()
     obs, reward, terminated, truncated, info = env.step(np.zeros((4, 1)))
     assert (reward, terminated, truncated, info["n_executed"], info["sim_error"]) == (1.0, False, True, 2, 1)
-    np.testing.assert_array_equal(obs[:, 0], [1, 1])
+    np.testing.assert_array_equal(obs["state"][:, 0], [1, 1])
 
 
 def test_video_recorder_collects_one_frame_per_sim_step(tmp_path, monkeypatch):
     monkeypatch.setattr(VideoRecorder, "_write", lambda self: pytest.fail("episode has not ended"))
-    env = MultiStep(VideoRecorder(CountingEnv(terminate_at=10), str(tmp_path)), n_obs_steps=1, n_action_steps=3)
+    env = MultiStep(VideoRecorder(StateDictObservation(CountingEnv(terminate_at=10)), str(tmp_path)), n_obs_steps=1,
+                    n_action_steps=3)
     env.reset()
     env.step(np.zeros((3, 1)))
     env.step(np.zeros((3, 1)))

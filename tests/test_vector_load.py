@@ -23,7 +23,7 @@ ACT_STEPS = 5
 
 
 def run_load(n_envs: int, n_chunk_steps: int, kill_at: int) -> dict:
-    venv = make_vector_env(COUNTING_NAN_ID, n_envs=n_envs, n_obs_steps=1, n_action_steps=ACT_STEPS,
+    venv = make_vector_env("gym", COUNTING_NAN_ID, n_envs=n_envs, n_obs_steps=1, n_action_steps=ACT_STEPS,
                            asynchronous=True, seed=0)
     tracker = EpisodeTracker(n_envs, ACT_STEPS)
     finished_ids, finished = [], []
@@ -38,7 +38,7 @@ def run_load(n_envs: int, n_chunk_steps: int, kill_at: int) -> dict:
             ends = result.terminated | result.truncated
             for env, stats in tracker.update(result.reward, result.n_executed, ends, result.cut):
                 finished.append(stats)
-                instance, episode, _ = result.final_obs[env, -1].tolist()
+                instance, episode, _ = result.final_obs["state"][env, -1].tolist()
                 finished_ids.append((instance, episode))
             sim_errors += int(result.sim_errors.sum())
         restarts = venv.n_worker_restarts

@@ -52,7 +52,7 @@ if ENV_ID not in gym.registry:
 def toy_overrides(policy_path, logdir) -> list[str]:
     """Hydra overrides that point a fine-tuning config at the toy task and a tiny policy."""
     return [
-        f"env_name={ENV_ID}", f"obs_dim={OBS_DIM}", f"action_dim={ACTION_DIM}", "horizon_steps=1", "act_steps=1",
+        "env.family=gym", f"env.id={ENV_ID}", f"obs_dim={OBS_DIM}", f"action_dim={ACTION_DIM}", "horizon_steps=1", "act_steps=1",
         "cond_steps=1", f"base_policy_path={policy_path}", "normalization_path=null", f"logdir={logdir}",
         "wandb=null", "device=cpu", "env.asynchronous=false", f"model.network.mlp_dims={HIDDEN}",
         "dataset_dir=unused",

@@ -19,7 +19,7 @@ from agent.finetune.episodes import summarize
 from dppo.checkpoint import load_checkpoint, load_state_dict_checked
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
-from env.vector import make_vector_env
+from env.vector import make_task_vector_env
 from model.common.pretrained import denoiser_weights
 
 
@@ -51,8 +51,8 @@ class EvalAgent:
         self.cfg = cfg
         set_seed(cfg.seed)
         self.model, model_cfg = load_policy(cfg.checkpoint_path, cfg.device, cfg.get("model_overrides"))
-        self.venv = make_vector_env(
-            cfg.env_name, n_envs=cfg.env.n_envs, n_obs_steps=model_cfg.cond_steps, n_action_steps=cfg.act_steps,
+        self.venv = make_task_vector_env(
+            cfg.env, n_envs=cfg.env.n_envs, n_obs_steps=model_cfg.cond_steps, n_action_steps=cfg.act_steps,
             normalization_path=cfg.normalization_path, device=cfg.device, asynchronous=cfg.env.asynchronous,
             seed=cfg.seed, video_dir=os.path.join(cfg.logdir, "videos") if cfg.env.save_video else None,
         )
@@ -62,7 +62,7 @@ class EvalAgent:
     def run(self) -> dict:
         cfg = self.cfg
         episodes = run_episodes(
-            self.venv, lambda obs: self.model.act({"state": obs}) if cfg.deterministic else self.model.explore({"state": obs})[0],
+            self.venv, self.model.act if cfg.deterministic else lambda obs: self.model.explore(obs)[0],
             n_episodes=cfg.n_episodes, act_steps=cfg.act_steps, seed=cfg.seed,
         )
         results = summarize(episodes)
@@ -71,8 +71,9 @@ class EvalAgent:
         self.logger.log({k: v for k, v in results.items() if isinstance(v, (int, float))}, step=0, prefix="eval")
         with open(os.path.join(cfg.logdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
+        success = f", success rate {results['success_rate']:.2f}" if "success_rate" in results else ""
         print(f"{results['n_episodes']} episodes: return {results['episode_return']:.1f} "
-              f"+- {results['episode_return_std']:.1f}; results in {cfg.logdir}/results.json")
+              f"+- {results['episode_return_std']:.1f}{success}; results in {cfg.logdir}/results.json")
         self.logger.close()
         self.venv.close()
         return results

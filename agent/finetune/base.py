@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from agent.eval.rollout import run_episodes
 from agent.finetune.episodes import EpisodeTracker, summarize
 from agent.finetune.replay import ReplayBuffer
-from agent.finetune.rollout import Rollout
+from agent.finetune.rollout import Rollout, stack_steps
 from dppo.checkpoint import (
     checkpoint_path,
     last_checkpoint_path,
@@ -41,7 +41,7 @@ from dppo.divergence import check_finite
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from dppo.schedulers import RunningRewardScaler, WarmupCosineLR
-from env.vector import make_vector_env
+from env.vector import make_task_vector_env
 
 EVAL_SEED_OFFSET = 1_000_000
 
@@ -57,8 +57,8 @@ class FinetuneAgent:
         self.logdir = resume[1] if resume else cfg.logdir
         self.n_envs = cfg.env.n_envs
         self.act_steps = cfg.act_steps
-        self.venv = make_vector_env(
-            cfg.env_name, n_envs=self.n_envs, n_obs_steps=cfg.cond_steps, n_action_steps=cfg.act_steps,
+        self.venv = make_task_vector_env(
+            cfg.env, n_envs=self.n_envs, n_obs_steps=cfg.cond_steps, n_action_steps=cfg.act_steps,
             normalization_path=cfg.normalization_path, device=self.device, asynchronous=cfg.env.asynchronous,
             seed=cfg.seed, video_dir=os.path.join(self.logdir, "videos") if cfg.env.save_video else None,
         )
@@ -166,7 +166,7 @@ class FinetuneAgent:
             self.save()
         self.finish()
 
-    def reset_envs(self) -> torch.Tensor:
+    def reset_envs(self) -> dict:
         """Reset every env with seeds derived from the iteration, so a resumed run sees the same episodes.
 
         Every env starts a new episode, so the reward scaler's running returns restart too.
@@ -175,34 +175,32 @@ class FinetuneAgent:
         self.next_firsts = torch.ones(self.n_envs, dtype=torch.bool, device=self.device)
         return self.venv.reset(seed=self.cfg.seed + self.itr * self.n_envs)
 
-    def collect_rollout(self, obs: torch.Tensor) -> tuple[Rollout, torch.Tensor, dict]:
-        """n_steps exploring action chunks in every env from `obs` (n_envs, To, Do).
+    def collect_rollout(self, obs: dict) -> tuple[Rollout, dict, dict]:
+        """n_steps exploring action chunks in every env from `obs` {key: (n_envs, To, ...)}.
 
         Returns the rollout, the observation to continue from, and the rollout's metrics
         (episodes that finished in it, env steps, simulator errors).
         """
-        steps = {key: [] for key in ("obs", "next_obs", "actions", "rewards", "terminated", "ends", "firsts")}
-        stored_steps = []
+        steps = {key: [] for key in ("obs", "next_obs", "actions", "stored", "rewards", "terminated", "ends", "firsts")}
         episodes, env_steps, sim_errors, cut_before = [], 0, 0, self.tracker.n_cut
         for _ in range(self.cfg.train.n_steps):
             with torch.no_grad():
-                actions, stored = self.model.explore({"state": obs})
+                actions, stored = self.model.explore(obs)
             result = self.venv.step(actions[:, : self.act_steps])
             ends = result.terminated | result.truncated
-            for key, value in (("obs", obs), ("next_obs", result.final_obs), ("actions", actions),
+            for key, value in (("obs", obs), ("next_obs", result.final_obs), ("actions", actions), ("stored", stored),
                                ("rewards", result.reward), ("terminated", result.terminated), ("ends", ends),
                                ("firsts", self.next_firsts)):
                 steps[key].append(value)
-            stored_steps.append(stored)
-            episodes += [stats for _, stats in self.tracker.update(result.reward, result.n_executed, ends, result.cut)]
+            finished = self.tracker.update(result.reward, result.n_executed, ends, result.cut, result.success)
+            episodes += [stats for _, stats in finished]
             env_steps += int(result.n_executed.sum())
             sim_errors += int(result.sim_errors.sum())
             self.next_firsts = ends
             obs = result.obs
-        steps = {key: torch.stack(values) for key, values in steps.items()}
-        stored = {key: torch.stack([s[key] for s in stored_steps]) for key in stored_steps[0]}
-        rollout = Rollout(obs={"state": steps["obs"]}, next_obs={"state": steps["next_obs"]},
-                          actions=steps["actions"], stored=stored, rewards=steps["rewards"],
+        steps = {key: stack_steps(values) for key, values in steps.items()}
+        rollout = Rollout(obs=steps["obs"], next_obs=steps["next_obs"], actions=steps["actions"],
+                          stored=steps["stored"], rewards=steps["rewards"],
                           scaled_rewards=self.scale_rewards(steps["rewards"], steps["firsts"]),
                           terminated=steps["terminated"], ends=steps["ends"], firsts=steps["firsts"])
         self.env_steps += env_steps
@@ -238,10 +236,11 @@ class FinetuneAgent:
 
     def evaluate(self) -> dict:
         """Deterministic acting (`model.act`) for `train.n_eval_episodes` episodes (default: one per env,
-        as the reference does); returns eval metrics. The envs are reset with evaluation seeds first.
+        as the reference does); returns eval metrics (`success_rate` is that of deterministic acting, while
+        train/success_rate is that of the exploring policy). The envs are reset with evaluation seeds first.
         """
         episodes = run_episodes(
-            self.venv, lambda obs: self.model.act({"state": obs}),
+            self.venv, self.model.act,
             n_episodes=self.cfg.train.n_eval_episodes or self.n_envs, act_steps=self.act_steps,
             seed=self.cfg.seed + EVAL_SEED_OFFSET + self.itr * self.n_envs,
         )
@@ -291,8 +290,11 @@ class FinetuneAgent:
 
 
 def curve_panels(logged_keys) -> dict[str, list[str]]:
-    """Panels of curves.png: {"reward": train and eval return} and one panel per logged `train/*loss` key."""
+    """Panels of curves.png: {"reward": train and eval return}, {"success": train and eval success rate} when
+    logged, and one panel per logged `train/*loss` key."""
     panels = {"reward": ["train/episode_return", "eval/episode_return"]}
+    if "train/success_rate" in logged_keys or "eval/success_rate" in logged_keys:
+        panels["success"] = ["train/success_rate", "eval/success_rate"]
     panels.update({key.removeprefix("train/"): [key] for key in logged_keys
                    if key.startswith("train/") and key.endswith("loss")})
     return panels

@@ -5,7 +5,9 @@ rewards summed, gamma per chunk) with V(s); then `update_epochs` passes of PPO
 over minibatches of environment samples. For DPPO each sample carries its K'
 denoising steps (what `explore` stored: the chain), so one sample gives K'
 PPO terms. The model supplies `log_probs(cond, stored)` and `loss(...)`; the
-clipped-PPO pieces they use live once in model/rl/ppo.py.
+clipped-PPO pieces they use live once in model/rl/ppo.py. With `train.augment_pad` (pixel tasks)
+the rollout's images are randomly shifted once before the update, as the reference does, so old and
+new log-probabilities see the same augmented images.
 """
 
 import torch
@@ -15,6 +17,7 @@ from agent.finetune.base import FinetuneAgent, explained_variance, mean_metrics
 from agent.finetune.returns import gae_from_critic
 from agent.finetune.rollout import Rollout, flatten_steps, index_samples, map_batches
 from dppo.config import require
+from model.common.obs_encoder import shift_images
 
 
 class PPOAgent(FinetuneAgent):
@@ -31,12 +34,15 @@ class PPOAgent(FinetuneAgent):
 
     def update(self, rollout: Rollout) -> dict:
         train, model = self.cfg.train, self.model
-        advantages, values = gae_from_critic(model.critic, rollout.obs, rollout.next_obs, rollout.scaled_rewards,
+        rollout_obs = rollout.obs
+        if train.get("augment_pad") and "rgb" in rollout_obs:
+            rollout_obs = {**rollout_obs, "rgb": shift_images(rollout_obs["rgb"], train.augment_pad)}
+        advantages, values = gae_from_critic(model.critic, rollout_obs, rollout.next_obs, rollout.scaled_rewards,
                                              rollout.terminated, rollout.ends, train.gamma, train.gae_lambda,
                                              train.batch_size)
         returns = (advantages + values).reshape(-1)
         advantages, values = advantages.reshape(-1), values.reshape(-1)
-        obs, stored = flatten_steps(rollout.obs), flatten_steps(rollout.stored)
+        obs, stored = flatten_steps(rollout_obs), flatten_steps(rollout.stored)
         n_samples = returns.shape[0]
         old_log_probs = map_batches(lambda idx: model.log_probs(index_samples(obs, idx), index_samples(stored, idx)),
                                     n_samples, train.batch_size, self.device)

@@ -9,8 +9,9 @@ import torch
 class Rollout:
     """(T, N, ...) tensors on the run's device, T = n_steps chunk-steps, N = n_envs.
 
-    obs, next_obs: dicts of (T, N, To, Do) ("state"); next_obs is the observation after each
-        step, which for an ended episode is its final observation (not the next episode's first)
+    obs, next_obs: dicts {"state": (T, N, To, Do)[, "rgb": (T, N, To, C, H, W) uint8]}; next_obs is the
+        observation after each step, which for an ended episode is its final observation (not the next
+        episode's first)
     actions:        (T, N, Ta, Da) the whole chunks the policy produced; their first act_steps ran
     stored:         what the policy's `explore` kept beside each chunk, e.g. chains (T, N, K'+1, Ta, Da)
     rewards:        (T, N) raw rewards summed over the executed steps of each chunk
@@ -37,6 +38,13 @@ class Rollout:
     @property
     def n_envs(self) -> int:
         return self.rewards.shape[1]
+
+
+def stack_steps(steps: list) -> torch.Tensor | dict:
+    """T per-step values (N, ...), tensors or dicts of tensors -> (T, N, ...), a tensor or a dict of them."""
+    if isinstance(steps[0], dict):
+        return {key: stack_steps([step[key] for step in steps]) for key in steps[0]}
+    return torch.stack(steps)
 
 
 def flatten_steps(x: torch.Tensor | dict) -> torch.Tensor | dict:

@@ -18,6 +18,9 @@ MAX_RESET_TRIES = 3
 
 
 def _is_finite(x) -> bool:
+    """Whether an observation (an array or a dict of arrays, e.g. {"state", "rgb"}) or a reward is finite."""
+    if isinstance(x, dict):
+        return all(_is_finite(value) for value in x.values())
     return bool(np.all(np.isfinite(x)))
 
 

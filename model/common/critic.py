@@ -4,44 +4,48 @@ import torch
 from torch import nn
 
 from model.common.mlp import make_mlp
+from model.common.obs_encoder import obs_encoder_or_flatten
 
 
 class CriticObs(nn.Module):
-    """State value V(s) on the flattened observation history.
+    """State value V(s) on the flattened observation history (cond_dim = To*Do), or on the features of its own
+    `obs_encoder` when given (e.g. a ViT over camera images and proprioception).
 
-    cond["state"]: (B, To, Do) -> (B,)
+    cond["state"]: (B, To, Do) [+ what obs_encoder reads] -> (B,)
     """
 
-    def __init__(self, cond_dim: int, mlp_dims: list[int], activation: str = "Mish", use_layernorm: bool = False,
-                 residual_style: bool = True):
+    def __init__(self, cond_dim: int | None, mlp_dims: list[int], activation: str = "Mish",
+                 use_layernorm: bool = False, residual_style: bool = True, obs_encoder: nn.Module | None = None):
         super().__init__()
-        self.net = make_mlp(cond_dim, mlp_dims, 1, residual=residual_style, activation=activation,
+        self.obs_encoder = obs_encoder_or_flatten(cond_dim, obs_encoder, "CriticObs")
+        self.net = make_mlp(self.obs_encoder.out_dim, mlp_dims, 1, residual=residual_style, activation=activation,
                             use_layernorm=use_layernorm)
 
     def forward(self, cond: dict) -> torch.Tensor:
-        state = cond["state"]
-        return self.net(state.reshape(state.shape[0], -1)).squeeze(-1)
+        return self.net(self.obs_encoder(cond)).squeeze(-1)
 
 
 class DoubleCriticObsAct(nn.Module):
-    """Two independent action values Q1(s, a), Q2(s, a) on [flattened obs history, flattened action steps].
+    """Two independent action values Q1(s, a), Q2(s, a) on [observation features, flattened action steps];
+    the features are the flattened obs history (cond_dim = To*Do) or those of `obs_encoder` when given.
 
-    cond["state"]: (B, To, Do), actions: (B, action_steps, Da) -> q1, q2: (B,) each.
+    cond["state"]: (B, To, Do) [+ what obs_encoder reads], actions: (B, action_steps, Da) -> q1, q2: (B,) each.
     Off-policy agents pass the executed part of the chunk (its first act_steps actions).
     """
 
-    def __init__(self, cond_dim: int, action_dim: int, action_steps: int, mlp_dims: list[int],
-                 activation: str = "Mish", use_layernorm: bool = False, residual_style: bool = True):
+    def __init__(self, cond_dim: int | None, action_dim: int, action_steps: int, mlp_dims: list[int],
+                 activation: str = "Mish", use_layernorm: bool = False, residual_style: bool = True,
+                 obs_encoder: nn.Module | None = None):
         super().__init__()
-        input_dim = cond_dim + action_dim * action_steps
+        self.obs_encoder = obs_encoder_or_flatten(cond_dim, obs_encoder, "DoubleCriticObsAct")
+        input_dim = self.obs_encoder.out_dim + action_dim * action_steps
         self.q1 = make_mlp(input_dim, mlp_dims, 1, residual=residual_style, activation=activation,
                            use_layernorm=use_layernorm)
         self.q2 = make_mlp(input_dim, mlp_dims, 1, residual=residual_style, activation=activation,
                            use_layernorm=use_layernorm)
 
     def forward(self, cond: dict, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        state = cond["state"]
-        x = torch.cat([state.reshape(state.shape[0], -1), actions.reshape(actions.shape[0], -1)], dim=-1)
+        x = torch.cat([self.obs_encoder(cond), actions.reshape(actions.shape[0], -1)], dim=-1)
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 

@@ -1,4 +1,4 @@
-"""Sinusoidal embedding of the denoising step."""
+"""Embeddings of the denoising step (or flow time)."""
 
 import math
 
@@ -21,3 +21,16 @@ class SinusoidalPosEmb(nn.Module):
         freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -scale)
         angles = t.float()[:, None] * freqs[None, :]
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def time_embedding_mlp(time_dim: int, hidden_mult: int) -> nn.Sequential:
+    """Sinusoidal(time_dim) -> Linear(time_dim, hidden_mult * time_dim) -> Mish -> Linear(.., time_dim).
+
+    t: (B,) -> (B, time_dim). DiffusionMLP uses hidden_mult 2, the UNet 4 (as in the reference).
+    """
+    return nn.Sequential(
+        SinusoidalPosEmb(time_dim),
+        nn.Linear(time_dim, time_dim * hidden_mult),
+        nn.Mish(),
+        nn.Linear(time_dim * hidden_mult, time_dim),
+    )

@@ -7,6 +7,7 @@ from torch import nn
 
 from dppo.checkpoint import load_state_dict_checked
 from model.common.mlp import make_mlp
+from model.common.obs_encoder import obs_encoder_or_flatten
 from model.common.policy import ChunkPolicy, Sample
 from model.common.pretrained import pretrained_network_state
 
@@ -19,17 +20,21 @@ class GaussianMLP(nn.Module):
     std: `fixed_std` when given, learned from `fixed_std` when `learn_fixed_std` (fine-tuning),
     else learned from exp(-1); a learned std is clamped to [std_min, std_max].
 
-    cond["state"]: (B, To, Do) -> mean (B, Ta, Da), std (B, Ta, Da)
+    The mean reads the flattened obs history (cond_dim = To*Do), or the features of `obs_encoder` when given.
+
+    cond["state"]: (B, To, Do) [+ what obs_encoder reads] -> mean (B, Ta, Da), std (B, Ta, Da)
     """
 
-    def __init__(self, action_dim: int, horizon_steps: int, cond_dim: int, mlp_dims: list[int] = (256, 256, 256),
-                 activation: str = "Mish", residual_style: bool = True, use_layernorm: bool = False,
-                 tanh_output: bool = True, fixed_std: float | None = 0.1, learn_fixed_std: bool = False,
-                 std_min: float = 0.01, std_max: float = 1.0):
+    def __init__(self, action_dim: int, horizon_steps: int, cond_dim: int | None,
+                 mlp_dims: list[int] = (256, 256, 256), activation: str = "Mish", residual_style: bool = True,
+                 use_layernorm: bool = False, tanh_output: bool = True, fixed_std: float | None = 0.1,
+                 learn_fixed_std: bool = False, std_min: float = 0.01, std_max: float = 1.0,
+                 obs_encoder: nn.Module | None = None):
         super().__init__()
         self.action_dim = action_dim
         self.horizon_steps = horizon_steps
-        self.mean_net = make_mlp(cond_dim, mlp_dims, horizon_steps * action_dim, residual=residual_style,
+        self.obs_encoder = obs_encoder_or_flatten(cond_dim, obs_encoder, "GaussianMLP")
+        self.mean_net = make_mlp(self.obs_encoder.out_dim, mlp_dims, horizon_steps * action_dim, residual=residual_style,
                                  activation=activation, out_activation="Tanh" if tanh_output else "Identity",
                                  use_layernorm=use_layernorm)
         self.std_min = std_min
@@ -40,8 +45,7 @@ class GaussianMLP(nn.Module):
             self.log_std = nn.Parameter(torch.full((horizon_steps, action_dim), initial_log_std))
 
     def forward(self, cond: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        state = cond["state"]
-        mean = self.mean_net(state.reshape(state.shape[0], -1)).view(-1, self.horizon_steps, self.action_dim)
+        mean = self.mean_net(self.obs_encoder(cond)).view(-1, self.horizon_steps, self.action_dim)
         if self.fixed_std is not None:
             std = torch.full_like(mean, self.fixed_std)
         else:

@@ -31,6 +31,21 @@ class FlattenState(nn.Module):
         return state
 
 
+def obs_encoder_or_flatten(cond_dim: int | None, obs_encoder: nn.Module | None, owner: str) -> nn.Module:
+    """The encoder a network reads observations with: `obs_encoder` when given (its out_dim must equal cond_dim
+    when cond_dim is set), else FlattenState over cond_dim state features. `owner` names the network in errors."""
+    if obs_encoder is None and cond_dim is None:
+        raise ValueError(f"{owner} needs cond_dim (To * Do state features) or an obs_encoder.")
+    if obs_encoder is None:
+        return FlattenState(cond_dim, 1)
+    if cond_dim is not None and cond_dim != obs_encoder.out_dim:
+        raise ValueError(
+            f"{owner} got cond_dim={cond_dim} but its obs_encoder gives {obs_encoder.out_dim} features:"
+            " leave cond_dim unset (null) or set it to obs_encoder.out_dim."
+        )
+    return obs_encoder
+
+
 def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
     """Translates each image by its own random integer offset in [-pad, pad] on both axes, edges replicated.
 
@@ -47,6 +62,20 @@ def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
     batch = torch.arange(n, device=images.device)
     cropped = padded[batch[:, None, None], :, rows[:, :, None], cols[:, None, :]]
     return einops.rearrange(cropped, "n h w c -> n c h w")
+
+
+SHIFT_CHUNK = 4096  # images shifted at a time by shift_images (bounds the float copy's memory)
+
+
+def shift_images(rgb: torch.Tensor, pad: int) -> torch.Tensor:
+    """uint8 images (..., C, H, W) -> each translated by its own random integer offset in [-pad, pad]
+    (`random_shift`), still uint8 (an integer translation keeps pixel values exact).
+
+    Fine-tuning shifts a rollout's images once, so that its old and new log-probabilities see the same images.
+    """
+    flat = rgb.reshape(-1, *rgb.shape[-3:])
+    shifted = [random_shift(chunk.float(), pad).to(torch.uint8) for chunk in flat.split(SHIFT_CHUNK)]
+    return torch.cat(shifted).reshape(rgb.shape)
 
 
 class ConvPatchEmbedding(nn.Module):

@@ -3,43 +3,35 @@
 import torch
 from torch import nn
 
-from model.common.embedding import SinusoidalPosEmb
+from model.common.embedding import time_embedding_mlp
 from model.common.mlp import make_mlp
+from model.common.obs_encoder import obs_encoder_or_flatten
 
 
 class DiffusionMLP(nn.Module):
     """Predicts the noise (or the clean chunk) from a noisy action chunk, the step and the observations.
 
-    Input to the MLP: [flattened noisy chunk (Ta*Da), time embedding (time_dim), flattened obs (To*Do)].
-    The time embedding is sinusoidal(time_dim) -> Linear(time_dim, 2*time_dim) -> Mish -> Linear(2*time_dim, time_dim).
+    Input to the MLP: [flattened noisy chunk (Ta*Da), time embedding (time_dim), observation features]. The
+    features are the flattened obs history (To*Do = cond_dim), or those of `obs_encoder` (e.g. a ViT over
+    camera images and proprioception) when given. The time embedding is sinusoidal(time_dim) ->
+    Linear(time_dim, 2*time_dim) -> Mish -> Linear(2*time_dim, time_dim).
 
-    x: (B, Ta, Da), t: (B,), cond["state"]: (B, To, Do) -> (B, Ta, Da)
+    x: (B, Ta, Da), t: (B,), cond["state"]: (B, To, Do) [+ what obs_encoder reads] -> (B, Ta, Da)
     """
 
-    def __init__(self, action_dim: int, horizon_steps: int, cond_dim: int, time_dim: int = 16,
+    def __init__(self, action_dim: int, horizon_steps: int, cond_dim: int | None, time_dim: int = 16,
                  mlp_dims: list[int] = (512, 512, 512), activation: str = "ReLU", out_activation: str = "Identity",
-                 use_layernorm: bool = False, residual_style: bool = True):
+                 use_layernorm: bool = False, residual_style: bool = True, obs_encoder: nn.Module | None = None):
         super().__init__()
         self.action_dim = action_dim
         self.horizon_steps = horizon_steps
-        self.cond_dim = cond_dim
-        self.time_embedding = nn.Sequential(
-            SinusoidalPosEmb(time_dim),
-            nn.Linear(time_dim, time_dim * 2),
-            nn.Mish(),
-            nn.Linear(time_dim * 2, time_dim),
-        )
-        input_dim = horizon_steps * action_dim + time_dim + cond_dim
+        self.obs_encoder = obs_encoder_or_flatten(cond_dim, obs_encoder, "DiffusionMLP")
+        self.time_embedding = time_embedding_mlp(time_dim, hidden_mult=2)
+        input_dim = horizon_steps * action_dim + time_dim + self.obs_encoder.out_dim
         self.mlp = make_mlp(input_dim, mlp_dims, horizon_steps * action_dim, residual=residual_style,
                             activation=activation, out_activation=out_activation, use_layernorm=use_layernorm)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         batch = x.shape[0]
-        state = cond["state"].reshape(batch, -1)
-        if state.shape[1] != self.cond_dim:
-            raise ValueError(
-                f"DiffusionMLP expects cond_steps * obs_dim = {self.cond_dim} observation features, got {state.shape[1]}:"
-                " match obs_dim/cond_steps in the config to the data."
-            )
-        h = torch.cat([x.reshape(batch, -1), self.time_embedding(t), state], dim=-1)
+        h = torch.cat([x.reshape(batch, -1), self.time_embedding(t), self.obs_encoder(cond)], dim=-1)
         return self.mlp(h).view(batch, self.horizon_steps, self.action_dim)

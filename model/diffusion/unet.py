@@ -4,8 +4,8 @@ import einops
 import torch
 from torch import nn
 
-from model.common.embedding import SinusoidalPosEmb
-from model.common.obs_encoder import FlattenState
+from model.common.embedding import time_embedding_mlp
+from model.common.obs_encoder import obs_encoder_or_flatten
 
 
 class Conv1dBlock(nn.Module):
@@ -96,24 +96,11 @@ class DiffusionUNet1D(nn.Module):
                 f"DiffusionUNet1D with {len(dim_mults)} levels halves the chunk {n_downsamples} times: "
                 f"horizon_steps={horizon_steps} must be a multiple of {2**n_downsamples} (or use fewer dim_mults)."
             )
-        if obs_encoder is None and cond_dim is None:
-            raise ValueError("DiffusionUNet1D needs cond_dim (To * Do state features) or an obs_encoder.")
-        if obs_encoder is None:
-            obs_encoder = FlattenState(cond_dim, 1)
-        elif cond_dim is not None and cond_dim != obs_encoder.out_dim:
-            raise ValueError(
-                f"DiffusionUNet1D got cond_dim={cond_dim} but its obs_encoder gives {obs_encoder.out_dim} features:"
-                " leave cond_dim unset (null) or set it to obs_encoder.out_dim."
-            )
+        obs_encoder = obs_encoder_or_flatten(cond_dim, obs_encoder, "DiffusionUNet1D")
         self.action_dim = action_dim
         self.horizon_steps = horizon_steps
         self.obs_encoder = obs_encoder
-        self.time_embedding = nn.Sequential(
-            SinusoidalPosEmb(time_dim),
-            nn.Linear(time_dim, time_dim * 4),
-            nn.Mish(),
-            nn.Linear(time_dim * 4, time_dim),
-        )
+        self.time_embedding = time_embedding_mlp(time_dim, hidden_mult=4)
         global_dim = time_dim + obs_encoder.out_dim
 
         def block(d_in: int, d_out: int) -> FiLMResidualBlock1D:

@@ -2,9 +2,11 @@
 
 D4RL cannot be downloaded here, so the project makes its own: train an expert
 with stable-baselines3 PPO (MlpPolicy, VecNormalize), stop it once its recent
-training return reaches `--target-frac` of D4RL's expert reference return (or
-at `--max-expert-steps`), then roll the policy out *with its own
-stochasticity* and record states, actions, rewards and episode lengths.
+training return reaches the task's `demo.target_return` (cfg/task/<task>.yaml;
+for the Gym tasks 40% of D4RL's expert reference return) or at
+`--max-expert-steps`, then roll the policy out *with its own stochasticity* and
+record states, actions, rewards and episode lengths. Any task whose config names
+a gymnasium env id works (`env.family: gym`).
 
 Writes `<out_dir>/train.npz` (states, actions, rewards, terminals,
 traj_lengths) and `<out_dir>/metadata.json` (mean return of the recorded
@@ -14,6 +16,7 @@ episodes, seed, steps, library versions, the command).
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -23,15 +26,17 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
 from agent.dataset.writer import provenance, summarize, write_dataset
-from dppo.paths import data_dir
-from env.gym_locomotion import D4RL_REFERENCE_RETURNS, gym_env_id
+from dppo.config import ConfigError, load_task_config, task_names
 
 
-class StopAtReturn:
-    """SB3 callback factory: stop training when the mean of the last episodes reaches a return."""
+class ExpertProgress:
+    """SB3 callback factory: print progress every `report_every` env steps, and stop training when the mean
+    return of the last `window` training episodes reaches `target_return` (never when it is None)."""
 
-    def __init__(self, target_return: float, window: int = 20):
+    def __init__(self, target_return: float | None, report_every: int = 20_000, window: int = 20):
         from stable_baselines3.common.callbacks import BaseCallback
 
         outer = self
@@ -41,32 +46,46 @@ class StopAtReturn:
                 for info in self.locals["infos"]:
                     if "episode" in info:
                         outer.returns.append(info["episode"]["r"])
+                if self.num_timesteps % outer.report_every == 0:
+                    outer.report(self.num_timesteps)
                 full = len(outer.returns) == outer.returns.maxlen
-                return not (full and np.mean(outer.returns) >= outer.target_return)
+                return not (outer.target_return is not None and full and outer.recent() >= outer.target_return)
 
         self.target_return = target_return
+        self.report_every = report_every
         self.returns = deque(maxlen=window)
+        self.start = time.time()
         self.callback = _Callback()
 
+    def recent(self) -> float:
+        return float(np.mean(self.returns)) if self.returns else float("nan")
 
-def train_expert(task: str, target_return: float, max_steps: int, seed: int):
-    """Train SB3 PPO until the recent training return reaches `target_return`."""
-    from stable_baselines3 import PPO
+    def report(self, steps: int) -> None:
+        target = "none" if self.target_return is None else f"{self.target_return:.1f}"
+        print(f"expert: {steps} env steps, recent training return {self.recent():.1f} (target {target}), "
+              f"{(time.time() - self.start) / 60:.1f} min", flush=True)
+
+
+def train_expert(env_id: str, algo: str, hyperparameters: dict, target_return: float | None, max_steps: int,
+                 seed: int, n_envs: int = 1):
+    """Train an SB3 expert (PPO, SAC or TD3, MlpPolicy, observations normalized by VecNormalize) on a gymnasium
+    env id until its recent training return reaches `target_return` or `max_steps` env steps have run."""
+    import stable_baselines3
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
-    venv = VecNormalize(make_vec_env(gym_env_id(task), n_envs=1, seed=seed))
-    model = PPO("MlpPolicy", venv, seed=seed, device="cpu", verbose=0)
-    stopper = StopAtReturn(target_return)
-    model.learn(total_timesteps=max_steps, callback=stopper.callback)
+    venv = VecNormalize(make_vec_env(env_id, n_envs=n_envs, seed=seed), norm_reward=algo == "PPO")
+    model = getattr(stable_baselines3, algo)("MlpPolicy", venv, seed=seed, device="cpu", verbose=0, **hyperparameters)
+    progress = ExpertProgress(target_return)
+    model.learn(total_timesteps=max_steps, callback=progress.callback)
     venv.training = False
-    recent = float(np.mean(stopper.returns)) if stopper.returns else float("nan")
-    return model, venv, model.num_timesteps, recent
+    progress.report(model.num_timesteps)
+    return model, venv, model.num_timesteps, progress.recent()
 
 
-def roll_out(model, venv, task: str, n_transitions: int, seed: int) -> dict:
+def roll_out(model, venv, env_id: str, n_transitions: int, seed: int) -> dict:
     """Roll out the stochastic policy until `n_transitions` steps of whole episodes are recorded."""
-    env = gym.make(gym_env_id(task))
+    env = gym.make(env_id)
     low, high = env.action_space.low, env.action_space.high
     states, actions, rewards, terminals, lengths = [], [], [], [], []
     episode = 0
@@ -95,44 +114,75 @@ def roll_out(model, venv, task: str, n_transitions: int, seed: int) -> dict:
     }
 
 
+EXPERT_ALGOS = ("PPO", "SAC", "TD3")
+
+
+def parse_hyperparameters(text: str) -> dict:
+    """--expert-hparams JSON -> keyword arguments of the SB3 algorithm."""
+    try:
+        hyperparameters = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"error: --expert-hparams is not JSON ({error}): pass e.g. '{{\"n_steps\": 512}}'.")
+    if not isinstance(hyperparameters, dict):
+        raise SystemExit("error: --expert-hparams must be a JSON object of SB3 keyword arguments.")
+    return hyperparameters
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=sorted(D4RL_REFERENCE_RETURNS))
-    parser.add_argument("--target-frac", type=float, default=0.4, help="stop the expert at this fraction of D4RL's expert return")
+    parser.add_argument("--task", required=True, help=f"a task of cfg/task with env.family gym ({', '.join(task_names())})")
+    parser.add_argument("--algo", default="PPO", choices=EXPERT_ALGOS, help="the SB3 algorithm of the expert")
+    parser.add_argument("--expert-hparams", default="{}", type=parse_hyperparameters,
+                        help="JSON keyword arguments of the SB3 algorithm, e.g. RL-Zoo's tuned settings")
+    parser.add_argument("--expert-envs", type=int, default=1, help="parallel envs the expert trains in")
     parser.add_argument("--max-expert-steps", type=int, default=600_000)
+    parser.add_argument("--min-frac", type=float, default=0.8,
+                        help="write nothing when the expert ends below this fraction of the task's target return")
     parser.add_argument("--n-transitions", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", default=None, help="default: <data>/gym/<task>-medium-v5")
+    parser.add_argument("--out-dir", default=None, help="default: the task's dataset_dir")
     args = parser.parse_args()
 
+    try:
+        task_cfg = load_task_config(args.task)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    if task_cfg.env.family != "gym":
+        sys.exit(f"error: task {args.task} is a {task_cfg.env.family} task: this script makes demos of gym tasks "
+                 "(robosuite: script/dataset/make_robosuite_demos.py).")
+    env_id = task_cfg.env.id
+    demo_cfg = task_cfg.get("demo") or {}
+    target = demo_cfg.get("target_return")
     torch.set_num_threads(1)
-    out_dir = args.out_dir or os.path.join(data_dir(), "gym", f"{args.task}-medium-v5")
-    os.makedirs(out_dir, exist_ok=True)
-    expert_return = D4RL_REFERENCE_RETURNS[args.task][1]
-    target = args.target_frac * expert_return
+    out_dir = args.out_dir or task_cfg.dataset_dir
 
     start = time.time()
-    model, venv, steps, recent = train_expert(args.task, target, args.max_expert_steps, args.seed)
+    model, venv, steps, recent = train_expert(env_id, args.algo, args.expert_hparams, target, args.max_expert_steps,
+                                              args.seed, args.expert_envs)
     train_minutes = (time.time() - start) / 60
-    print(f"expert: {steps} env steps, recent training return {recent:.1f} (target {target:.1f}), {train_minutes:.1f} min")
+    if target is not None and not recent >= args.min_frac * target:
+        sys.exit(f"\n*** EXPERT TOO WEAK: its recent training return {recent:.1f} is below {args.min_frac:.0%} of the "
+                 f"target {target:.1f} after {steps} env steps; nothing was written. Raise --max-expert-steps, tune "
+                 "--expert-hparams or choose another --algo. ***")
     expert_dir = os.path.join(out_dir, "expert")
     os.makedirs(expert_dir, exist_ok=True)
-    model.save(os.path.join(expert_dir, "ppo_policy.zip"))
+    model.save(os.path.join(expert_dir, f"{args.algo.lower()}_policy.zip"))
     venv.save(os.path.join(expert_dir, "vecnormalize.pkl"))
 
-    data = roll_out(model, venv, args.task, args.n_transitions, seed=args.seed + 10_000)
+    data = roll_out(model, venv, env_id, args.n_transitions, seed=args.seed + 10_000)
 
     import mujoco
     import stable_baselines3
 
     metadata = {
         "task": args.task,
-        "env_id": gym_env_id(args.task),
+        "env_id": env_id,
         **summarize(data),
-        "d4rl_expert_return": expert_return,
+        "reference_return": demo_cfg.get("reference_return"),
         "target_return": target,
         "expert": {
-            "library": "stable-baselines3 PPO (MlpPolicy, VecNormalize, default hyperparameters)",
+            "library": f"stable-baselines3 {args.algo} (MlpPolicy, VecNormalize)",
+            "hyperparameters": args.expert_hparams,
             "env_steps": int(steps),
             "recent_training_return": recent,
             "train_minutes": round(train_minutes, 1),
@@ -150,6 +200,7 @@ def main():
         **provenance(__file__, sys.argv[1:]),
     }
     write_dataset(out_dir, data, metadata)
+
 
 if __name__ == "__main__":
     main()
