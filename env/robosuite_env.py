@@ -127,6 +127,7 @@ class RobosuiteEnv(gym.Env):
         cpu_render: bool = False,
         render_mode: str | None = None,
         render_size: int = DEFAULT_RENDER_SIZE,
+        seed: int | None = None,
         **kwargs,
     ):
         if render_mode not in (None, "rgb_array"):
@@ -159,6 +160,8 @@ class RobosuiteEnv(gym.Env):
             "camera_heights": image_size,
             "camera_widths": image_size,
             "camera_depths": False,
+            # The seed also fixes what robosuite draws once, when it builds the model (Lift's cube size).
+            "seed": seed,
             **self.task.env_kwargs,
             **kwargs,
         }
@@ -225,7 +228,10 @@ class RobosuiteEnv(gym.Env):
         super().reset(seed=seed)
         if seed is not None:
             self.robosuite_env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
-        self._raw_obs = self.robosuite_env.reset()
+        self.robosuite_env.reset()
+        # robosuite's reset observation has zeros for the object-to-gripper poses (PickPlaceCan, NutAssemblySquare):
+        # those sensors read the gripper pose cached by the first update. A second update reads it.
+        self._raw_obs = self.robosuite_env._get_observations(force_update=True)
         self._apply_cpu_render()
         self._elapsed_steps = 0
         return self._observation(self.robomimic_obs()), {"success": False}
@@ -261,8 +267,10 @@ def make_robosuite_env(
     **kwargs,
 ) -> RobosuiteEnv:
     """One robosuite task env (see `RobosuiteEnv`). `obs_keys` default to the task's (`ROBOSUITE_TASKS`),
-    `max_episode_steps` to its horizon; `kwargs` go to `robosuite.make`."""
-    env = RobosuiteEnv(env_id, obs_keys, image_keys, image_size, max_episode_steps, cpu_render, render_mode, **kwargs)
+    `max_episode_steps` to its horizon; `kwargs` go to `robosuite.make`. Two envs made with the same seed hold
+    the same model and start the same episodes for the same reset seeds."""
+    env = RobosuiteEnv(env_id, obs_keys, image_keys, image_size, max_episode_steps, cpu_render, render_mode,
+                       seed=seed, **kwargs)
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
