@@ -219,3 +219,36 @@ def test_flow_pretraining_evaluation_with_one_step_and_reinflow_finetuning(tmp_p
     train = [r for r in read_metrics(run_dir) if "train/pg_loss" in r]
     assert [r["step"] for r in train] == [1, 2]
     assert all(np.isfinite(r["train/entropy_loss"]) for r in train)
+
+
+NEW_TASK_FILE = """# @package _global_
+env_name: pendulum
+env:
+  family: gym
+  id: InvertedPendulum-v5
+obs_dim: 4
+action_dim: 1
+max_episode_steps: 1000
+dataset_dir: {dataset_dir}
+make_dataset_command: python script/dataset/make_gym_demos.py --task pendulum
+"""
+
+
+def test_a_new_gymnasium_task_needs_only_its_task_file(tmp_path):
+    """A task file naming a gymnasium id (here in an extra config dir, as a user's cfg/task/<name>.yaml would be)
+    is all pre-training, evaluation and fine-tuning need."""
+    (tmp_path / "cfg" / "task").mkdir(parents=True)
+    dataset_dir = tmp_path / "data"
+    (tmp_path / "cfg" / "task" / "pendulum.yaml").write_text(NEW_TASK_FILE.format(dataset_dir=dataset_dir))
+    rng = np.random.default_rng(0)
+    dataset_dir.mkdir()
+    np.savez(dataset_dir / "train.npz", states=rng.normal(size=(60, 4)).astype(np.float32),
+             actions=rng.uniform(-3, 3, size=(60, 1)).astype(np.float32), traj_lengths=np.array([30, 30]))
+    task = [f"hydra.searchpath=[file://{tmp_path / 'cfg'}]", "task=pendulum"]
+    run_config("pre_diffusion_mlp", task + TINY_MODEL + [
+        f"logdir={tmp_path / 'bc'}", "train.n_epochs=1", "train.batch_size=16",
+        f"export_policy_path={dataset_dir}/pretrained/diffusion_mlp.pt"])
+    results = evaluate_tiny("eval_diffusion_mlp", dataset_dir, tmp_path / "eval", extra=task)
+    assert results["n_episodes"] == 2 and results["episode_length"] < 1000  # the pendulum falls
+    run_config("ft_ppo_diffusion_mlp", task + finetune_overrides(dataset_dir, tmp_path / "ft", n_train_itr=1))
+    assert any("train/pg_loss" in row for row in read_metrics(tmp_path / "ft"))
