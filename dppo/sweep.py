@@ -135,6 +135,8 @@ def job_row(job: dict) -> dict:
 def format_value(value) -> str:
     if value is None:
         return ""
+    if isinstance(value, float) and value.is_integer():
+        return f"{value:,.0f}"
     if isinstance(value, float):
         return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}"
     return str(value)

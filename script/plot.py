@@ -93,15 +93,16 @@ def x_axes(all_rows: list[list[dict]], x: list[str]) -> list[str]:
 
 
 def plot_runs(runs: list[str], labels: list[str], keys: list[str] | None = None, x: str | list[str] = DEFAULT_X) -> Figure:
-    """One panel per (x-axis, key) with data, losses against the first x-axis only; one line per label:
-    the mean of its runs, their min-max range shaded."""
+    """One panel per (key, x-axis) with data, losses after the other keys and against the first x-axis only;
+    one line per label: the mean of its runs, their min-max range shaded."""
     groups: dict[str, list[list[dict]]] = {}
     for run, label in zip(runs, labels):
         groups.setdefault(label, []).append(read_metrics(run))
     all_rows = [rows for runs_rows in groups.values() for rows in runs_rows]
     keys = keys or default_keys(all_rows)
     axes_x = x_axes(all_rows, [x] if isinstance(x, str) else list(x))
-    panels = [(axis, key) for axis in axes_x for key in keys if axis == axes_x[0] or "loss" not in key]
+    curves = [key for key in keys if "loss" not in key]
+    panels = [(axis, key) for key in curves for axis in axes_x] + [(axes_x[0], key) for key in keys if key not in curves]
     panels = [(axis, key) for axis, key in panels if any(key in row for rows in all_rows for row in rows)]
     n_cols = max(1, min(len(panels), 3))
     n_rows = max(1, (len(panels) + n_cols - 1) // n_cols)

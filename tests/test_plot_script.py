@@ -112,9 +112,9 @@ def test_two_seeds_of_one_config_give_one_mean_line_per_panel(tmp_path):
     assert labels == [name, name]
     figure = plot_runs(runs, labels)
     panels = [(ax.get_title(), ax.get_xlabel()) for ax in figure.axes if ax.get_visible()]
-    assert panels == [("eval/episode_return", "environment steps"), ("train/loss", "environment steps"),
-                      ("train/pg_loss", "environment steps"), ("train/value_loss", "environment steps"),
-                      ("eval/episode_return", "wall time (min)")], "losses against env steps only; no train/return"
+    assert panels == [("eval/episode_return", "environment steps"), ("eval/episode_return", "wall time (min)"),
+                      ("train/loss", "environment steps"), ("train/pg_loss", "environment steps"),
+                      ("train/value_loss", "environment steps")], "losses against env steps only; no train/return"
     by_panel = {panel: ax for panel, ax in zip(panels, figure.axes)}
     for (title, x_label), ax in by_panel.items():
         assert [line.get_label() for line in ax.get_lines()] == [f"{name} (n=2)"]

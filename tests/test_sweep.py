@@ -141,7 +141,7 @@ def test_summary_of_finetuning_jobs_has_returns_success_and_env_steps(tmp_path):
     assert (first["env steps"], first["wall time (min)"]) == ("8000.0", "1.5")
     assert (second["final eval return"], second["best eval return"], second["final success rate"]) == ("6.0", "6.0", "")
     with open(sweep_dir / "summary.md") as f:
-        assert f.read().splitlines()[2].startswith("| 0 | can | ft_ppo_diffusion_mlp | 0 | 30 | 40 | 1 |  | 8,000.0 | 1.5 |")
+        assert f.read().splitlines()[2].startswith("| 0 | can | ft_ppo_diffusion_mlp | 0 | 30 | 40 | 1 |  | 8,000 | 1.5 |")
 
 
 def test_wandb_groups_seeds_of_one_config_and_names_runs_by_seed():
