@@ -74,7 +74,7 @@ def job_labels(jobs: list[dict]) -> list[str]:
     labels = []
     for job in jobs:
         varying = [o for o in job["overrides"] if o not in shared and not o.startswith(("seed=", "task="))]
-        labels.append(" ".join([run_config(job["run_dir"]).get("name", job["config_name"]), *varying]))
+        labels.append(" ".join([saved_config(job["run_dir"]).get("name", job["config_name"]), *varying]))
     return labels
 
 
@@ -87,7 +87,7 @@ def read_metrics(run_dir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def run_config(run_dir: str) -> dict:
+def saved_config(run_dir: str) -> dict:
     """The resolved config.yaml of a run, or {} when it has none."""
     path = os.path.join(run_dir, "config.yaml")
     return OmegaConf.to_container(OmegaConf.load(path)) if os.path.isfile(path) else {}
@@ -124,7 +124,7 @@ def run_summary(rows: list[dict]) -> dict:
 
 def job_row(job: dict) -> dict:
     """One row of the sweep summary; a job whose run wrote no metrics has only its identity and run dir."""
-    config = run_config(job["run_dir"])
+    config = saved_config(job["run_dir"])
     row = {"job": job["num"], "task": config.get("env_name"), "config": job["config_name"], "seed": config.get("seed"),
            "run dir": job["run_dir"]}
     if os.path.isfile(os.path.join(job["run_dir"], "metrics.jsonl")):

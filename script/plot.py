@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dppo.sweep import is_sweep_dir, job_labels, read_metrics, run_config, success_key, sweep_jobs  # noqa: E402
+from dppo.sweep import is_sweep_dir, job_labels, read_metrics, saved_config, success_key, sweep_jobs  # noqa: E402
 
 RETURN_KEY = "eval/episode_return"
 LOSS_KEYS = ["train/loss", "train/pg_loss", "train/value_loss"]
@@ -46,7 +46,7 @@ def expand_runs(paths: list[str]) -> tuple[list[str], list[str]]:
             labels += job_labels(jobs)
         else:
             runs.append(path)
-            labels.append(run_config(path).get("name", os.path.basename(os.path.normpath(path))))
+            labels.append(saved_config(path).get("name", os.path.basename(os.path.normpath(path))))
     return runs, labels
 
 

@@ -32,14 +32,15 @@ def write_task_datasets(data_dir):
                  actions=rng.uniform(-1, 1, size=(60, action_dim)).astype(np.float32), traj_lengths=np.array([30, 30]))
 
 
-def multirun(tmp_path, *overrides):
+def multirun(tmp_path, *overrides, succeed=True):
     """Run a tiny pre-training multirun under tmp_path; returns (completed process, sweep dir)."""
-    write_task_datasets(tmp_path / "data")
+    if not (tmp_path / "data").exists():
+        write_task_datasets(tmp_path / "data")
     env = dict(os.environ, DPPO_LOG_DIR=str(tmp_path / "log"))
     result = subprocess.run([sys.executable, "script/run.py", "--config-name=pre_diffusion_mlp", "--multirun",
                              f"dataset_dir={tmp_path / 'data'}/${{env_name}}", *TINY_PRETRAINING, *overrides],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.returncode == 0) == succeed, result.stderr[-3000:]
     sweeps = os.listdir(tmp_path / "log" / "multirun")
     assert len(sweeps) == 1
     return result, os.path.join(tmp_path / "log" / "multirun", sweeps[0])
@@ -66,6 +67,19 @@ def test_choice_of_tasks_gives_a_run_dir_per_job_and_a_summary(tmp_path):
         table = f.read().splitlines()
     assert table[0].startswith("| job | task | config | seed | final eval return |") and len(table) == 4
     assert f"Sweep summary: {sweep_dir}/summary.md" in result.stdout
+
+
+def test_a_failed_job_leaves_the_others_running_and_summarize_tables_them(tmp_path):
+    write_task_datasets(tmp_path / "data")
+    os.remove(tmp_path / "data" / "walker2d" / "train.npz")
+    result, sweep_dir = multirun(tmp_path, "task=walker2d,hopper", succeed=False)
+    assert "JobFailed: FileNotFoundError: Dataset " in result.stderr
+    assert not os.path.exists(os.path.join(sweep_dir, "summary.csv")), "Hydra skips the callback after a failure"
+    subprocess.run([sys.executable, "script/summarize.py", sweep_dir], cwd=REPO, check=True, capture_output=True,
+                   timeout=120)
+    row, = summary_rows(sweep_dir)
+    assert (row["job"], row["task"]) == ("1", "hopper")
+    assert [r["step"] for r in read_metrics(row["run dir"])] == [1, 2], "the job after the failed one ran"
 
 
 def test_joblib_runs_jobs_in_parallel_with_a_share_of_the_cores_each(tmp_path):
