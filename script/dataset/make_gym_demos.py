@@ -125,6 +125,9 @@ def parse_hyperparameters(text: str) -> dict:
         raise SystemExit(f"error: --expert-hparams is not JSON ({error}): pass e.g. '{{\"n_steps\": 512}}'.")
     if not isinstance(hyperparameters, dict):
         raise SystemExit("error: --expert-hparams must be a JSON object of SB3 keyword arguments.")
+    policy_kwargs = hyperparameters.get("policy_kwargs", {})
+    if isinstance(policy_kwargs.get("activation_fn"), str):  # JSON names the class: "ReLU" -> torch.nn.ReLU
+        policy_kwargs["activation_fn"] = getattr(torch.nn, policy_kwargs["activation_fn"])
     return hyperparameters
 
 
@@ -182,7 +185,7 @@ def main():
         "target_return": target,
         "expert": {
             "library": f"stable-baselines3 {args.algo} (MlpPolicy, VecNormalize)",
-            "hyperparameters": args.expert_hparams,
+            "hyperparameters": json.loads(json.dumps(args.expert_hparams, default=lambda value: value.__name__)),
             "env_steps": int(steps),
             "recent_training_return": recent,
             "train_minutes": round(train_minutes, 1),
