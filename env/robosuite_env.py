@@ -255,22 +255,11 @@ class RobosuiteEnv(gym.Env):
         self.robosuite_env.close()
 
 
-def make_robosuite_env(
-    env_id: str,
-    seed: int | None = None,
-    obs_keys: list[str] | None = None,
-    image_keys: list[str] = (),
-    image_size: int = 96,
-    max_episode_steps: int | None = None,
-    cpu_render: bool = False,
-    render_mode: str | None = None,
-    **kwargs,
-) -> RobosuiteEnv:
-    """One robosuite task env (see `RobosuiteEnv`). `obs_keys` default to the task's (`ROBOSUITE_TASKS`),
-    `max_episode_steps` to its horizon; `kwargs` go to `robosuite.make`. Two envs made with the same seed hold
+def make_robosuite_env(env_id: str, seed: int | None = None, render_mode: str | None = None, **kwargs) -> RobosuiteEnv:
+    """One robosuite task env; `kwargs` are `RobosuiteEnv`'s (obs_keys default to the task's in `ROBOSUITE_TASKS`,
+    max_episode_steps to its horizon) and beyond them `robosuite.make`'s. Two envs made with the same seed hold
     the same model and start the same episodes for the same reset seeds."""
-    env = RobosuiteEnv(env_id, obs_keys, image_keys, image_size, max_episode_steps, cpu_render, render_mode,
-                       seed=seed, **kwargs)
+    env = RobosuiteEnv(env_id, render_mode=render_mode, seed=seed, **kwargs)
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
