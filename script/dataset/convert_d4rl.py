@@ -21,7 +21,9 @@ import sys
 
 import numpy as np
 
-from agent.dataset.writer import provenance, summarize, write_dataset
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from agent.dataset.writer import provenance, summarize, write_dataset  # noqa: E402
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 OPTIONAL_KEYS = ("timeouts",)

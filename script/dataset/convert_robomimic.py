@@ -23,7 +23,9 @@ import h5py
 import numpy as np
 from convert_d4rl import ConversionError, positive_int
 
-from agent.dataset.writer import provenance, summarize, write_dataset
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from agent.dataset.writer import provenance, summarize, write_dataset  # noqa: E402
 
 DEFAULT_OBS_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
 
