@@ -80,6 +80,7 @@ class TorchVectorEnv:
     """Steps `len(env_fns)` envs with action chunks and returns torch tensors on `device`.
 
     Each env is a `MultiStep` env: observations {key: (To, ...)}, actions (act_steps, Da).
+    `start_method` is the multiprocessing start method of the workers (None: the platform's default).
     With `asynchronous=True` every env runs in its own process; a dead worker
     makes the whole vector env be rebuilt (counted in `n_worker_restarts`).
     """
@@ -89,10 +90,12 @@ class TorchVectorEnv:
         env_fns: list[Callable[[], gym.Env]],
         device: str | torch.device = "cpu",
         asynchronous: bool = True,
+        start_method: str | None = None,
     ):
         self.env_fns = list(env_fns)
         self.device = torch.device(device)
         self.asynchronous = asynchronous
+        self.start_method = start_method
         self.num_envs = len(self.env_fns)
         self._env = self._build()
         self.single_observation_space = self._env.single_observation_space
@@ -104,7 +107,8 @@ class TorchVectorEnv:
     def _build(self) -> gym.vector.VectorEnv:
         autoreset_mode = gym.vector.AutoresetMode.SAME_STEP
         if self.asynchronous:
-            return gym.vector.AsyncVectorEnv(self.env_fns, shared_memory=True, autoreset_mode=autoreset_mode)
+            return gym.vector.AsyncVectorEnv(self.env_fns, shared_memory=True, autoreset_mode=autoreset_mode,
+                                             context=self.start_method)
         return gym.vector.SyncVectorEnv(self.env_fns, autoreset_mode=autoreset_mode)
 
     def _tensor(self, x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -251,7 +255,11 @@ def make_vector_env(
     seed: int = 0,
     video_dir: str | None = None,
 ) -> TorchVectorEnv:
-    """`n_envs` envs of a task family (env i seeded with seed + i); only env 0 records video."""
+    """`n_envs` envs of a task family (env i seeded with seed + i); only env 0 records video.
+
+    Envs that render offscreen (camera observations, `env_kwargs["image_keys"]`, or video) start their workers
+    with forkserver: an EGL context made in a forked worker hangs (measured with robosuite here).
+    """
     check_env(family, env_id)
     if normalization_path:
         MinMaxNormalizer.load(normalization_path)
@@ -270,7 +278,9 @@ def make_vector_env(
         )
         for i in range(n_envs)
     ]
-    return TorchVectorEnv(env_fns, device=device, asynchronous=asynchronous)
+    renders = bool((env_kwargs or {}).get("image_keys")) or video_dir is not None
+    return TorchVectorEnv(env_fns, device=device, asynchronous=asynchronous,
+                          start_method="forkserver" if renders else None)
 
 
 def make_task_vector_env(env_cfg, n_envs: int, n_obs_steps: int, n_action_steps: int, **kwargs) -> TorchVectorEnv:

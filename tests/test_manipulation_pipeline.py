@@ -3,6 +3,8 @@ DPPO fine-tuning and evaluation from states and from pixels (tiny networks, shor
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -104,3 +106,27 @@ def test_lift_from_pixels_pretrain_and_finetune_with_vit(tmp_path):
     train = [row for row in rows if "train/pg_loss" in row]
     assert len(train) == 1 and np.isfinite(train[0]["train/pg_loss"]) and train[0]["train/env_steps"] == 32
     assert [row["step"] for row in rows if "eval/success_rate" in row] == [0, 1]
+
+
+PIXEL_ASYNC_SCRIPT = """
+import torch
+from env.vector import make_vector_env
+if __name__ == "__main__":
+    venv = make_vector_env("robosuite", "Lift", 2, 1, 2, asynchronous=True, seed=0, env_kwargs={
+        "obs_keys": ["robot0_eef_pos"], "image_keys": ["agentview_image"], "image_size": 32, "cpu_render": True})
+    venv.reset(seed=0)
+    step = venv.step(torch.zeros(2, 2, 7))
+    print(tuple(step.obs["rgb"].shape), step.obs["rgb"].dtype)
+    venv.close()
+"""
+
+
+def test_pixel_envs_run_in_worker_processes(tmp_path):
+    """Rendering envs in async workers: with fork, the workers' EGL contexts hung while the vector env was built."""
+    script = tmp_path / "pixel_async.py"
+    script.write_text(PIXEL_ASYNC_SCRIPT)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, str(script)], cwd=repo, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "(2, 1, 3, 32, 32) torch.uint8"
