@@ -132,3 +132,15 @@ def test_constant_dims_normalize_to_the_centre_and_observations_are_clipped():
     np.testing.assert_allclose(normalizer.normalize_obs(obs), expected, atol=1e-5)
     torch.testing.assert_close(normalizer.normalize_obs(torch.as_tensor(obs)), torch.as_tensor(expected),
                                atol=1e-5, rtol=0)
+
+
+def test_padded_windows_start_at_every_step_and_repeat_the_last_action():
+    # two episodes of 5 and 3 steps (global steps 0-4 and 5-7), chunks of 4 actions
+    obs, actions = window_indices(np.array([5, 3]), horizon_steps=4, cond_steps=1, pad_after=3)
+    assert obs[:, 0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]  # every state starts a window
+    assert actions.tolist() == [[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 4], [3, 4, 4, 4], [4, 4, 4, 4],
+                                [5, 6, 7, 7], [6, 7, 7, 7], [7, 7, 7, 7]]
+    unpadded_obs, _ = window_indices(np.array([5, 3]), horizon_steps=4, cond_steps=1)
+    assert unpadded_obs[:, 0].tolist() == [0, 1]  # the 3-step episode is too short for a full chunk
+    with pytest.raises(ValueError, match="pad_after=4 must be in 0..horizon_steps - 1"):
+        window_indices(np.array([5]), horizon_steps=4, cond_steps=1, pad_after=4)

@@ -4,7 +4,11 @@ The npz file holds `states` (N, Do), `actions` (N, Da), `traj_lengths` (E,)
 (episodes stored back to back) and optionally `images` (N, C, H, W). A window
 starting at step i of an episode gives the observations of steps
 i - To + 1 .. i (the episode's first observation repeated before its start)
-and the actions of steps i .. i + Ta - 1, all inside the episode.
+and the actions of steps i .. i + Ta - 1, all inside the episode. With
+`pad_after` = P, windows also start at the P steps after the last full one,
+their actions past the episode's end repeating its last action (Diffusion
+Policy's padding): without it the last Ta - 1 states of every episode never
+condition a window, which long chunks on short episodes cannot afford.
 """
 
 import os
@@ -54,7 +58,7 @@ class StitchedSequenceDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset_path: str, horizon_steps: int, cond_steps: int = 1, obs_dim: int | None = None,
                  action_dim: int | None = None, max_n_episodes: int | None = None, use_img: bool = False,
-                 make_command: str | None = None, device: str = "cpu"):
+                 make_command: str | None = None, device: str = "cpu", pad_after: int = 0):
         data = load_npz_dataset(dataset_path, make_command)
         states, actions = data["states"].astype(np.float32), data["actions"].astype(np.float32)
         traj_lengths = data["traj_lengths"].astype(np.int64)
@@ -67,7 +71,7 @@ class StitchedSequenceDataset(torch.utils.data.Dataset):
         self.horizon_steps = horizon_steps
         self.cond_steps = cond_steps
         self.traj_lengths = traj_lengths
-        self.obs_index, self.action_index = window_indices(traj_lengths, horizon_steps, cond_steps)
+        self.obs_index, self.action_index = window_indices(traj_lengths, horizon_steps, cond_steps, pad_after)
         self.states = torch.as_tensor(self.normalizer.normalize_obs(states[:n_steps]), device=device)
         self.actions = torch.as_tensor(self.normalizer.normalize_action(actions[:n_steps]), device=device)
         self.images = None
@@ -94,21 +98,27 @@ class StitchedSequenceDataset(torch.utils.data.Dataset):
         return {"actions": batch["actions"][0], "cond": {k: v[0] for k, v in batch["cond"].items()}}
 
 
-def window_indices(traj_lengths: np.ndarray, horizon_steps: int, cond_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def window_indices(traj_lengths: np.ndarray, horizon_steps: int, cond_steps: int,
+                   pad_after: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Global step indices of every window: obs (W, To) and actions (W, Ta).
 
-    Episodes shorter than Ta give no window; observations before an episode's
-    start repeat its first observation.
+    Windows start at steps 0 .. length - Ta + pad_after of each episode (never past its last step);
+    actions past the episode's end repeat its last action. Episodes shorter than Ta - pad_after give
+    no window; observations before an episode's start repeat its first observation.
     """
+    if not 0 <= pad_after < horizon_steps:
+        raise ValueError(f"pad_after={pad_after} must be in 0..horizon_steps - 1 ({horizon_steps - 1}).")
     obs_rows, action_rows = [], []
     episode_start = 0
     for length in traj_lengths:
-        starts = np.arange(episode_start, episode_start + length - horizon_steps + 1)
+        episode_end = episode_start + int(length)
+        last_start = min(episode_end - horizon_steps + pad_after, episode_end - 1)
+        starts = np.arange(episode_start, last_start + 1)
         if len(starts) > 0:
             history = starts[:, None] + np.arange(-cond_steps + 1, 1)[None, :]
             obs_rows.append(np.maximum(history, episode_start))
-            action_rows.append(starts[:, None] + np.arange(horizon_steps)[None, :])
-        episode_start += int(length)
+            action_rows.append(np.minimum(starts[:, None] + np.arange(horizon_steps)[None, :], episode_end - 1))
+        episode_start = episode_end
     if not obs_rows:
         raise ValueError(f"No episode is at least horizon_steps={horizon_steps} long: lower horizon_steps.")
     return torch.as_tensor(np.concatenate(obs_rows)), torch.as_tensor(np.concatenate(action_rows))
