@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.common.obs_encoder import FlattenState, ViTObsEncoder, random_shift
+from model.common.obs_encoder import FlattenState, ViTObsEncoder, random_shift, shift_images
 from model.diffusion.unet import DiffusionUNet1D
 
 REFERENCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "unet_vit_reference.pt")
@@ -243,3 +243,17 @@ def test_flatten_state_checks_feature_count():
     torch.testing.assert_close(flatten({"state": state}), state.reshape(3, 10))
     with pytest.raises(ValueError, match="obs_dim/cond_steps"):
         flatten({"state": torch.randn(3, 2, 4)})
+
+
+def test_shift_images_translates_uint8_rollout_images_exactly():
+    """Fine-tuning shifts a rollout's uint8 images once: each (T, N, C, H, W) image becomes an integer translation of
+    itself within +-pad (edges replicated), still uint8 and with the original pixel values."""
+    torch.manual_seed(0)
+    rows = torch.arange(12, dtype=torch.uint8)[:, None].expand(12, 12)  # pixel value = row index
+    rgb = rows.expand(3, 2, 3, 12, 12).clone()  # (T=3, N=2, C=3, H, W)
+    shifted = shift_images(rgb, pad=2)
+    assert shifted.dtype == torch.uint8 and shifted.shape == rgb.shape
+    offsets = shifted[..., 6, 0].int() - 6  # the row index now seen at row 6
+    assert offsets.abs().max() <= 2 and len(offsets.unique()) > 1
+    expected = (torch.arange(12)[None, None, None, :] + offsets[..., None]).clamp(0, 11)
+    assert torch.equal(shifted[..., :, 0].int(), expected.int())
