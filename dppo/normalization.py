@@ -54,6 +54,8 @@ class MinMaxNormalizer:
             "action_min": np.asarray(action_min, dtype=np.float32),
             "action_max": np.asarray(action_max, dtype=np.float32),
         }
+        # fixed by the statistics: computed once here, not on every env step
+        self.obs_scale, self.obs_offset = _unit_scale_offset(self.stats["obs_min"], self.stats["obs_max"])
 
     @classmethod
     def from_data(cls, states: np.ndarray, actions: np.ndarray) -> "MinMaxNormalizer":
@@ -96,7 +98,7 @@ class MinMaxNormalizer:
     def normalize_obs(self, obs):
         """(..., Do) -> [-1, 1] over the dataset's range, constant dimensions at 0, clipped to +-OBS_CLIP."""
         low, _ = self._bounds("obs", obs)
-        scale, offset = _unit_scale_offset(self.stats["obs_min"], self.stats["obs_max"])
+        scale, offset = self.obs_scale, self.obs_offset
         if isinstance(obs, torch.Tensor):
             scale = torch.as_tensor(scale, dtype=obs.dtype, device=obs.device)
             offset = torch.as_tensor(offset, dtype=obs.dtype, device=obs.device)
