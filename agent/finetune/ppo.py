@@ -19,6 +19,8 @@ from agent.finetune.rollout import Rollout, flatten_steps, index_samples, map_ba
 from dppo.config import require
 from model.common.obs_encoder import shift_images
 
+METRIC_KEYS = ("loss", "pg_loss", "value_loss", "bc_loss", "entropy_loss", "approx_kl", "clipfrac", "ratio")
+
 
 class PPOAgent(FinetuneAgent):
     def __init__(self, cfg: DictConfig):
@@ -48,27 +50,16 @@ class PPOAgent(FinetuneAgent):
                                     n_samples, train.batch_size, self.device)
 
         # ---- PPO epochs over minibatches of environment samples; a leftover smaller batch is dropped ----
-        history = {key: [] for key in ("loss", "pg_loss", "value_loss", "bc_loss", "entropy_loss", "approx_kl",
-                                       "clipfrac", "ratio")}
+        history = {key: [] for key in METRIC_KEYS}
         n_minibatches = n_samples // train.batch_size
         for _ in range(train.update_epochs):
             stop = False
             for idx in torch.randperm(n_samples, device=self.device).split(train.batch_size)[:n_minibatches]:
-                out = model.loss(index_samples(obs, idx), index_samples(stored, idx), returns[idx], values[idx],
-                                 advantages[idx], old_log_probs[idx], use_bc_loss=train.use_bc_loss)
-                loss = (out.pg_loss + train.vf_coef * out.v_loss + train.bc_coef * out.bc_loss
-                        + train.ent_coef * out.entropy_loss)
-                self.actor_optimizer.zero_grad()
-                self.critic_optimizer.zero_grad()
-                loss.backward()
-                self.actor_step(self.actor_optimizer)
-                self.critic_optimizer.step()
-                for key, value in (("loss", loss.item()), ("pg_loss", out.pg_loss.item()),
-                                   ("value_loss", out.v_loss.item()), ("bc_loss", out.bc_loss.item()),
-                                   ("entropy_loss", out.entropy_loss.item()),
-                                   ("approx_kl", out.approx_kl), ("clipfrac", out.clipfrac), ("ratio", out.ratio)):
+                step_metrics = self.minibatch_update(index_samples(obs, idx), index_samples(stored, idx), returns[idx],
+                                                     values[idx], advantages[idx], old_log_probs[idx])
+                for key, value in step_metrics.items():
                     history[key].append(value)
-                if train.target_kl is not None and out.approx_kl > train.target_kl:
+                if train.target_kl is not None and step_metrics["approx_kl"] > train.target_kl:
                     stop = True
                     break
             if stop:
@@ -77,3 +68,37 @@ class PPOAgent(FinetuneAgent):
         metrics["explained_variance"] = explained_variance(values, returns)
         metrics["minibatch_updates"] = len(history["loss"])
         return metrics
+
+    def minibatch_update(self, obs: dict, stored: dict, returns: torch.Tensor, values: torch.Tensor,
+                         advantages: torch.Tensor, old_log_probs: torch.Tensor) -> dict[str, float]:
+        """One gradient step of actor and critic on a minibatch of B samples; returns its metrics (METRIC_KEYS).
+
+        obs, stored: {key: (B, ...)}; returns, values, advantages: (B,); old_log_probs: (B, ...) as `log_probs`.
+        Advantages are normalized over the whole minibatch first. With `train.grad_chunk_size` = C the loss is
+        then evaluated on chunks of C samples, each backpropagated with weight C / B, so gradients accumulate to
+        those of the whole minibatch while the activations held at once shrink to a chunk's.
+        """
+        train, model = self.cfg.train, self.model
+        batch = returns.shape[0]
+        advantages = model.normalize_advantages(advantages)
+        self.actor_optimizer.zero_grad()
+        self.critic_optimizer.zero_grad()
+        totals = dict.fromkeys(METRIC_KEYS, 0.0)
+        chunk_size = train.get("grad_chunk_size") or batch
+        for start in range(0, batch, chunk_size):
+            chunk = slice(start, start + chunk_size)
+            weight = (min(start + chunk_size, batch) - start) / batch
+            out = model.normalized_loss(index_samples(obs, chunk), index_samples(stored, chunk), returns[chunk],
+                                        values[chunk], advantages[chunk], old_log_probs[chunk],
+                                        use_bc_loss=train.use_bc_loss)
+            loss = (out.pg_loss + train.vf_coef * out.v_loss + train.bc_coef * out.bc_loss
+                    + train.ent_coef * out.entropy_loss)
+            (weight * loss).backward()
+            for key, value in (("loss", loss.item()), ("pg_loss", out.pg_loss.item()),
+                               ("value_loss", out.v_loss.item()), ("bc_loss", out.bc_loss.item()),
+                               ("entropy_loss", out.entropy_loss.item()), ("approx_kl", out.approx_kl),
+                               ("clipfrac", out.clipfrac), ("ratio", out.ratio)):
+                totals[key] += weight * value
+        self.actor_step(self.actor_optimizer)
+        self.critic_optimizer.step()
+        return totals

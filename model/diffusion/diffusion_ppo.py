@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from model.diffusion.diffusion_rl import FinetuneDiffusion
-from model.rl.ppo import PPOLoss, clipped_policy_loss, normalize_advantages, ratio_metrics, value_loss
+from model.rl.ppo import PPOLoss, PPOModel, clipped_policy_loss, normalize_advantages, ratio_metrics, value_loss
 
 
-class PPODiffusion(FinetuneDiffusion):
+class PPODiffusion(PPOModel, FinetuneDiffusion):
     """Diffusion policy + critic V(s) trained with PPO over (environment step, denoising step) pairs.
 
     What the rollout stores per env step is the chain of the K' fine-tuned steps (see `explore`).
@@ -79,16 +79,17 @@ class PPODiffusion(FinetuneDiffusion):
         """Per-minibatch normalization, then clipping to the configured quantiles. (B,) -> (B,)"""
         return normalize_advantages(advantages, self.norm_adv, self.advantage_quantiles)
 
-    def loss(self, cond: dict, stored: dict, returns: torch.Tensor, old_values: torch.Tensor,
-             advantages: torch.Tensor, old_log_probs: torch.Tensor, use_bc_loss: bool = False) -> PPOLoss:
-        """PPO loss of a minibatch of B environment samples, each carrying its K' denoising steps.
+    def normalized_loss(self, cond: dict, stored: dict, returns: torch.Tensor, old_values: torch.Tensor,
+                        advantages: torch.Tensor, old_log_probs: torch.Tensor, use_bc_loss: bool = False) -> PPOLoss:
+        """PPO loss of B environment samples, each carrying its K' denoising steps.
 
-        cond["state"]: (B, To, Do); stored["chains"]: (B, K' + 1, Ta, Da); returns, old_values,
-        advantages: (B,); old_log_probs: (B, K') from `log_probs` at rollout time.
+        cond["state"]: (B, To, Do); stored["chains"]: (B, K' + 1, Ta, Da); returns, old_values: (B,);
+        advantages: (B,) normalized over the whole minibatch (`normalize_advantages`); old_log_probs: (B, K')
+        from rollout time.
         """
         log_ratio = self.log_probs(cond, stored) - old_log_probs
         clip = self.clip_coefficients()[None, :]
-        adv = self.normalize_advantages(advantages)[:, None] * self.denoising_discounts()[None, :]
+        adv = advantages[:, None] * self.denoising_discounts()[None, :]
         pg_loss = clipped_policy_loss(log_ratio.exp(), adv, clip)
         v_loss = value_loss(self.critic(cond), returns, old_values, self.clip_vloss_coef)
 

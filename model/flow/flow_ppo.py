@@ -17,7 +17,7 @@ from torch import nn
 from model.common.embedding import SinusoidalPosEmb
 from model.common.mlp import make_mlp
 from model.flow.flow import FlowModel
-from model.rl.ppo import PPOLoss, clipped_policy_loss, normalize_advantages, ratio_metrics, value_loss
+from model.rl.ppo import PPOLoss, PPOModel, clipped_policy_loss, normalize_advantages, ratio_metrics, value_loss
 
 
 class NoiseNetwork(nn.Module):
@@ -49,7 +49,7 @@ class NoiseNetwork(nn.Module):
         return torch.exp(low + (high - low) * squashed).view(batch, self.horizon_steps, self.action_dim)
 
 
-class PPOFlow(FlowModel):
+class PPOFlow(PPOModel, FlowModel):
     """Flow policy + noise network + critic V(s), trained with clipped PPO on the chain's log-probability."""
 
     def __init__(self, critic: nn.Module, noise_network: NoiseNetwork, clip_ploss_coef: float = 0.01,
@@ -111,9 +111,14 @@ class PPOFlow(FlowModel):
         """Log-probability of each stored chain (B, K + 1, Ta, Da) -> (B,)."""
         return self.chain_log_prob(self.step_log_probs(cond, stored["chains"])[0])
 
-    def loss(self, cond: dict, stored: dict, returns: torch.Tensor, old_values: torch.Tensor,
-             advantages: torch.Tensor, old_log_probs: torch.Tensor, use_bc_loss: bool = False) -> PPOLoss:
-        """PPO loss of B environment samples with their chains (B, K + 1, Ta, Da); other tensors (B,).
+    def normalize_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
+        """Per-minibatch normalization (when norm_adv). (B,) -> (B,)"""
+        return normalize_advantages(advantages, self.norm_adv)
+
+    def normalized_loss(self, cond: dict, stored: dict, returns: torch.Tensor, old_values: torch.Tensor,
+                        advantages: torch.Tensor, old_log_probs: torch.Tensor, use_bc_loss: bool = False) -> PPOLoss:
+        """PPO loss of B environment samples with their chains (B, K + 1, Ta, Da) and normalized advantages;
+        other tensors (B,).
 
         entropy_loss = -(mean Gaussian entropy of the noisy steps), weighted by train.ent_coef in the agent.
         """
@@ -121,8 +126,7 @@ class PPOFlow(FlowModel):
             raise ValueError("use_bc_loss is implemented for diffusion policies only: set train.use_bc_loss=false.")
         log_prob, std = self.step_log_probs(cond, stored["chains"])
         log_ratio = self.chain_log_prob(log_prob) - old_log_probs
-        adv = normalize_advantages(advantages, self.norm_adv)
-        pg_loss = clipped_policy_loss(log_ratio.exp(), adv, self.clip_ploss_coef)
+        pg_loss = clipped_policy_loss(log_ratio.exp(), advantages, self.clip_ploss_coef)
         v_loss = value_loss(self.critic(cond), returns, old_values, self.clip_vloss_coef)
         entropy = (0.5 * math.log(2 * math.pi * math.e) + std.log()).mean()
         return PPOLoss(pg_loss=pg_loss, v_loss=v_loss, bc_loss=torch.zeros((), device=self.device),

@@ -4,10 +4,10 @@ import torch
 from torch import nn
 
 from model.common.gaussian import GaussianModel
-from model.rl.ppo import PPOLoss, clipped_policy_loss, normalize_advantages, ratio_metrics, value_loss
+from model.rl.ppo import PPOLoss, PPOModel, clipped_policy_loss, normalize_advantages, ratio_metrics, value_loss
 
 
-class PPOGaussian(GaussianModel):
+class PPOGaussian(PPOModel, GaussianModel):
     """Gaussian MLP policy over the whole chunk + critic V(s), trained with standard clipped PPO.
 
     One PPO term per environment sample: log pi(a | s) is the Gaussian log-density averaged over
@@ -35,14 +35,18 @@ class PPOGaussian(GaussianModel):
         log_prob = log_prob.mean(dim=(-2, -1))
         return log_prob.clamp(self.logprob_min, self.logprob_max)
 
-    def loss(self, cond: dict, stored: dict, returns: torch.Tensor, old_values: torch.Tensor,
-             advantages: torch.Tensor, old_log_probs: torch.Tensor, use_bc_loss: bool = False) -> PPOLoss:
-        """PPO loss of a minibatch of B environment samples; every tensor argument (B,) except stored["actions"]."""
+    def normalize_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
+        """Per-minibatch normalization (when norm_adv). (B,) -> (B,)"""
+        return normalize_advantages(advantages, self.norm_adv)
+
+    def normalized_loss(self, cond: dict, stored: dict, returns: torch.Tensor, old_values: torch.Tensor,
+                        advantages: torch.Tensor, old_log_probs: torch.Tensor, use_bc_loss: bool = False) -> PPOLoss:
+        """PPO loss of B environment samples with normalized advantages; every tensor argument (B,) except
+        stored["actions"]."""
         if use_bc_loss:
             raise ValueError("use_bc_loss is implemented for diffusion policies only: set train.use_bc_loss=false.")
         log_ratio = self.log_probs(cond, stored) - old_log_probs
-        adv = normalize_advantages(advantages, self.norm_adv)
-        pg_loss = clipped_policy_loss(log_ratio.exp(), adv, self.clip_ploss_coef)
+        pg_loss = clipped_policy_loss(log_ratio.exp(), advantages, self.clip_ploss_coef)
         v_loss = value_loss(self.critic(cond), returns, old_values, self.clip_vloss_coef)
         return PPOLoss(pg_loss=pg_loss, v_loss=v_loss, bc_loss=torch.zeros((), device=self.device),
                        **ratio_metrics(log_ratio, self.clip_ploss_coef))

@@ -27,6 +27,22 @@ class PPOLoss:
     entropy_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
 
 
+class PPOModel:
+    """What every PPO-trained policy model provides to the agent (mixed into the diffusion, Gaussian and flow models).
+
+    A model writes `normalize_advantages(advantages)` (its per-minibatch normalization) and
+    `normalized_loss(...)`, the loss for advantages already normalized over the whole minibatch. The agent
+    normalizes once per minibatch and may then evaluate `normalized_loss` on chunks of it, accumulating
+    gradients (train.grad_chunk_size); `loss` is the one-call form.
+    """
+
+    def loss(self, cond: dict, stored: dict, returns: torch.Tensor, old_values: torch.Tensor,
+             advantages: torch.Tensor, old_log_probs: torch.Tensor, use_bc_loss: bool = False) -> "PPOLoss":
+        """PPO loss of a minibatch of B samples with raw advantages (B,), normalized here over the minibatch."""
+        return self.normalized_loss(cond, stored, returns, old_values, self.normalize_advantages(advantages),
+                                    old_log_probs, use_bc_loss)
+
+
 def normalize_advantages(advantages: torch.Tensor, normalize: bool = True,
                          quantiles: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
     """Per-minibatch (A - mean) / (std + eps) when `normalize`, then clipping to the given quantiles. (B,) -> (B,)"""

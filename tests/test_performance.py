@@ -1,0 +1,122 @@
+"""Speed-ups of fine-tuning leave the numbers unchanged: each is compared with the straightforward computation on
+the same seed and weights (to 1e-5), and the benchmark script runs in its tiny mode."""
+
+import copy
+import json
+import os
+import sys
+
+import pytest
+import torch
+from conftest import compose_config, finetune_overrides
+
+from agent.finetune.ppo import PPOAgent
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "script"))
+import bench  # noqa: E402
+
+
+def make_agent(dataset_dir, run_dir, extra=()):
+    cfg = compose_config("ft_ppo_diffusion_mlp", finetune_overrides(dataset_dir, run_dir, n_train_itr=1) + list(extra))
+    return PPOAgent(cfg)
+
+
+def synthetic_minibatch(model, batch, seed=0):
+    """B samples as a rollout would give them: random observations, the policy's own chains, random returns,
+    values and advantages, and old log-probabilities a little off the current ones (ratios != 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    obs = {"state": torch.randn(batch, model.cond_steps, model.obs_dim, generator=gen)}
+    with torch.no_grad():
+        _, stored = model.explore(obs)
+        old_log_probs = model.log_probs(obs, stored) + 0.05 * torch.randn(batch, model.ft_denoising_steps,
+                                                                           generator=gen)
+    returns, values, advantages = (torch.randn(batch, generator=gen) for _ in range(3))
+    return obs, stored, returns, values, advantages, old_log_probs
+
+
+def gradients(module):
+    return [p.grad.clone() for p in module.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("quantile_clip", [False, True])
+def test_chunked_gradient_accumulation_equals_whole_minibatch(pretrained, tmp_path, quantile_clip):
+    """grad_chunk_size splits the minibatch's loss into chunks: the accumulated gradients and the metrics equal
+    those of the whole minibatch, also when advantages are clipped to minibatch quantiles (normalization and
+    clipping must see the whole minibatch, not each chunk)."""
+    dataset_dir, _ = pretrained
+    extra = ["+model.clip_advantage_lower_quantile=0.1", "+model.clip_advantage_upper_quantile=0.9"] if quantile_clip else []
+    whole = make_agent(dataset_dir, tmp_path / "whole", extra)
+    chunked = make_agent(dataset_dir, tmp_path / "chunked", extra + ["train.grad_chunk_size=7"])
+    chunked.model.load_state_dict(whole.model.state_dict())
+    batch = synthetic_minibatch(whole.model, batch=30)
+
+    metrics_whole = whole.minibatch_update(*batch)
+    metrics_chunked = chunked.minibatch_update(*batch)
+
+    for module in ("actor_ft", "critic"):
+        grads_whole = gradients(getattr(whole.model, module))
+        grads_chunked = gradients(getattr(chunked.model, module))
+        assert len(grads_whole) == len(grads_chunked) > 0
+        for g_whole, g_chunked in zip(grads_whole, grads_chunked):
+            torch.testing.assert_close(g_chunked, g_whole, rtol=1e-5, atol=1e-6)
+    for key, value in metrics_whole.items():
+        assert metrics_chunked[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    for p_whole, p_chunked in zip(whole.model.parameters(), chunked.model.parameters()):
+        torch.testing.assert_close(p_chunked, p_whole, rtol=1e-5, atol=1e-6)
+
+
+def test_chunks_that_normalized_their_own_advantages_would_differ(pretrained, tmp_path):
+    """The check above can fail: normalizing advantages per chunk (the mistake chunking invites) changes the
+    gradient by far more than the tolerance."""
+    dataset_dir, _ = pretrained
+    agent = make_agent(dataset_dir, tmp_path / "agent")
+    model = agent.model
+    obs, stored, returns, values, advantages, old_log_probs = synthetic_minibatch(model, batch=30)
+    reference = copy.deepcopy(model)
+    out = reference.loss(obs, stored, returns, values, advantages, old_log_probs)
+    out.pg_loss.backward()
+    per_chunk = 0
+    for chunk in (slice(0, 15), slice(15, 30)):
+        part = model.loss({"state": obs["state"][chunk]}, {"chains": stored["chains"][chunk]}, returns[chunk],
+                          values[chunk], advantages[chunk], old_log_probs[chunk])
+        per_chunk = per_chunk + 0.5 * part.pg_loss
+    per_chunk.backward()
+    difference = max((a.grad - b.grad).abs().max().item()
+                     for a, b in zip(model.actor_ft.parameters(), reference.actor_ft.parameters()))
+    assert difference > 1e-4
+
+
+def test_bench_tiny_mode_reports_every_figure(tmp_path):
+    """script/bench.py --tiny: every figure is there and positive, and the iteration's phases add up to it."""
+    report = bench.main(["--tiny", "--threads", "1", "--json", str(tmp_path / "bench.json")])
+    assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(report))
+    assert set(report["sampling_seconds"]) == {"2", "4"}
+    assert all(seconds > 0 for seconds in report["sampling_seconds"].values())
+    update = report["update"]
+    assert update["terms"] == 4 * 3  # batch_size x ft_denoising_steps of the tiny config
+    assert update["update_terms_per_s"] == pytest.approx(update["terms"] / update["update_seconds"])
+    assert 0 < update["update_vs_roofline"]
+    assert 2 * 3 <= report["env"]["env_steps"] <= 2 * 3 * 4  # envs x chunk-steps x (1 to act_steps) env steps
+    iteration = report["iteration"]
+    phases = iteration["phases"]
+    assert set(phases) == {"env_step", "sampling", "rollout_other", "old_log_probs", "loss_forward",
+                           "update_backward_and_rest"}
+    assert sum(phases.values()) == pytest.approx(iteration["total_seconds"])
+    assert min(phases["env_step"], phases["sampling"], phases["loss_forward"]) > 0
+    assert iteration["rollout_vs_bound"] > 0
+
+
+def test_phase_clock_counts_nested_calls_once():
+    class Work:
+        def inner(self):
+            return 1
+
+        def outer(self):
+            return self.inner() + 1
+
+    work = Work()
+    clock = bench.PhaseClock("cpu")
+    clock.wrap(work, "inner", "inner")
+    clock.wrap(work, "outer", "outer")
+    assert work.outer() == 2 and work.inner() == 1
+    assert set(clock.seconds) == {"outer", "inner"}  # inner was timed once, by its own call
