@@ -213,9 +213,9 @@ def bench_iteration(agent: PPOAgent, device: str) -> dict:
     agent.update(rollout)
     synchronize(device)
     update_seconds = time.perf_counter() - start - rollout_seconds
-    phases = dict(clock.seconds)
+    phases = {phase: clock.seconds[phase] for phase in ("env_step", "sampling", "old_log_probs", "loss_forward")}
     phases["rollout_other"] = rollout_seconds - phases["env_step"] - phases["sampling"]
-    phases["update_backward_and_rest"] = update_seconds - phases.get("old_log_probs", 0.0) - phases["loss_forward"]
+    phases["update_backward_and_rest"] = update_seconds - phases["old_log_probs"] - phases["loss_forward"]
     return {
         "env_steps": rollout_metrics["iteration_env_steps"],
         "rollout_seconds": rollout_seconds,

@@ -120,3 +120,52 @@ def test_phase_clock_counts_nested_calls_once():
     clock.wrap(work, "outer", "outer")
     assert work.outer() == 2 and work.inner() == 1
     assert set(clock.seconds) == {"outer", "inner"}  # inner was timed once, by its own call
+
+
+# ---- old log-probabilities kept by the sampler ------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["ddpm", "ddim"])
+def test_diffusion_explore_keeps_the_log_probs_the_update_would_recompute(mode):
+    from test_ppo_diffusion import make_cond, make_ppo
+
+    kwargs = {"use_ddim": True, "ddim_steps": 5, "ft_denoising_steps": 5} if mode == "ddim" else {}
+    model = make_ppo(**kwargs)
+    cond = make_cond(16)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        _, stored = model.explore(cond)
+        recomputed = model.log_probs(cond, stored)
+    assert stored["log_probs"].shape == (16, model.ft_denoising_steps)
+    torch.testing.assert_close(stored["log_probs"], recomputed, rtol=1e-5, atol=1e-5)
+
+
+def test_flow_explore_keeps_the_log_probs_the_update_would_recompute():
+    from test_flow import cond_of, make_ppo_flow
+
+    model = make_ppo_flow(reward_horizon=2)
+    cond = cond_of(16)
+    with torch.no_grad():
+        _, stored = model.explore(cond)
+        recomputed = model.log_probs(cond, stored)
+    torch.testing.assert_close(stored["log_probs"], recomputed, rtol=1e-5, atol=1e-5)
+
+
+def test_update_with_kept_log_probs_equals_update_with_recomputed_ones(pretrained, tmp_path):
+    """One PPO update from a real rollout, once with the log-probs `explore` kept and once without them (the
+    agent then recomputes them after the rollout): same metrics and weights to 1e-5."""
+    dataset_dir, _ = pretrained
+    kept = make_agent(dataset_dir, tmp_path / "kept")
+    recomputed = make_agent(dataset_dir, tmp_path / "recomputed")
+    recomputed.model.load_state_dict(kept.model.state_dict())
+    rollout, _, _ = kept.collect_rollout(kept.reset_envs())
+    assert "log_probs" in rollout.stored
+    rollout_without = copy.copy(rollout)
+    rollout_without.stored = {"chains": rollout.stored["chains"]}
+
+    torch.manual_seed(7)
+    metrics_kept = kept.update(rollout)
+    torch.manual_seed(7)
+    metrics_recomputed = recomputed.update(rollout_without)
+    for key, value in metrics_recomputed.items():
+        assert metrics_kept[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    for p_kept, p_recomputed in zip(kept.model.parameters(), recomputed.model.parameters()):
+        torch.testing.assert_close(p_kept, p_recomputed, rtol=1e-5, atol=1e-6)

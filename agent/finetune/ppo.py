@@ -5,7 +5,8 @@ rewards summed, gamma per chunk) with V(s); then `update_epochs` passes of PPO
 over minibatches of environment samples. For DPPO each sample carries its K'
 denoising steps (what `explore` stored: the chain), so one sample gives K'
 PPO terms. The model supplies `log_probs(cond, stored)` and `loss(...)`; the
-clipped-PPO pieces they use live once in model/rl/ppo.py. With `train.augment_pad` (pixel tasks)
+clipped-PPO pieces they use live once in model/rl/ppo.py. The old log-probabilities are those
+`explore` kept (stored["log_probs"]) when it kept them, else recomputed after the rollout. With `train.augment_pad` (pixel tasks)
 the rollout's images are randomly shifted once before the update, as the reference does, so old and
 new log-probabilities see the same augmented images.
 """
@@ -37,7 +38,8 @@ class PPOAgent(FinetuneAgent):
     def update(self, rollout: Rollout) -> dict:
         train, model = self.cfg.train, self.model
         rollout_obs = rollout.obs
-        if train.get("augment_pad") and "rgb" in rollout_obs:
+        shift = bool(train.get("augment_pad")) and "rgb" in rollout_obs
+        if shift:
             rollout_obs = {**rollout_obs, "rgb": shift_images(rollout_obs["rgb"], train.augment_pad)}
         advantages, values = gae_from_critic(model.critic, rollout_obs, rollout.next_obs, rollout.scaled_rewards,
                                              rollout.terminated, rollout.ends, train.gamma, train.gae_lambda,
@@ -46,8 +48,11 @@ class PPOAgent(FinetuneAgent):
         advantages, values = advantages.reshape(-1), values.reshape(-1)
         obs, stored = flatten_steps(rollout_obs), flatten_steps(rollout.stored)
         n_samples = returns.shape[0]
-        old_log_probs = map_batches(lambda idx: model.log_probs(index_samples(obs, idx), index_samples(stored, idx)),
-                                    n_samples, train.batch_size, self.device)
+        if "log_probs" in stored and not shift:  # what the policy computed while sampling (DPPO, flow PPO)
+            old_log_probs = stored["log_probs"]
+        else:  # recomputed, also when the images were just shifted: old and new log-probs must see the same ones
+            old_log_probs = map_batches(lambda idx: model.log_probs(index_samples(obs, idx), index_samples(stored, idx)),
+                                        n_samples, train.batch_size, self.device)
 
         # ---- PPO epochs over minibatches of environment samples; a leftover smaller batch is dropped ----
         history = {key: [] for key in METRIC_KEYS}

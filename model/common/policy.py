@@ -11,10 +11,14 @@ from model.common.pretrained import pretrained_network_state
 
 @dataclass
 class Sample:
-    """actions: (B, Ta, Da) final chunk; chains: (B, C + 1, Ta, Da) last C steps' inputs/outputs, or None."""
+    """actions: (B, Ta, Da) final chunk; chains: (B, C + 1, Ta, Da) last C steps' inputs/outputs, or None;
+    chain_means, chain_log_vars: (B, C, Ta, Da) mean and log-variance of the Gaussian step that drew each chain
+    entry after the first (the policy's, before any sampling-std floor), or None."""
 
     actions: torch.Tensor
     chains: torch.Tensor | None = None
+    chain_means: torch.Tensor | None = None
+    chain_log_vars: torch.Tensor | None = None
 
 
 class ChunkPolicy(nn.Module):

@@ -166,7 +166,7 @@ class DiffusionModel(ChunkPolicy):
     def _sample(self, cond: dict, deterministic: bool, chain_steps: int, network: nn.Module | None) -> Sample:
         batch = cond["state"].shape[0]
         x = torch.randn(batch, self.horizon_steps, self.action_dim, device=self.device)
-        chain = []
+        chain, means, log_vars = [], [], []
         for k in reversed(range(self.sampling_steps)):
             if k == chain_steps - 1:
                 chain.append(x)
@@ -179,8 +179,12 @@ class DiffusionModel(ChunkPolicy):
                 x = self.clip_final(x)
             if k < chain_steps:
                 chain.append(x)
-        chains = torch.stack(chain, dim=1) if chain_steps > 0 else None
-        return Sample(actions=x, chains=chains)
+                means.append(mean)
+                log_vars.append(log_var)
+        if chain_steps == 0:
+            return Sample(actions=x)
+        return Sample(actions=x, chains=torch.stack(chain, dim=1), chain_means=torch.stack(means, dim=1),
+                      chain_log_vars=torch.stack(log_vars, dim=1))
 
     # ---- acting in an environment (the surface every fine-tuning agent calls) ---------------
     def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:

@@ -67,9 +67,22 @@ class PPODiffusion(PPOModel, FinetuneDiffusion):
 
         chains: (B, K' + 1, Ta, Da) -> (B, K')
         """
-        log_prob = self.chain_log_probs(cond, chains, network)
+        return self.reduce_log_probs(self.chain_log_probs(cond, chains, network))
+
+    def reduce_log_probs(self, log_prob: torch.Tensor) -> torch.Tensor:
+        """(B, K', Ta, Da) element-wise log-probabilities -> (B, K'): clamp, mean over executed actions and dims."""
         log_prob = log_prob.clamp(self.logprob_min, self.logprob_max)
         return log_prob[:, :, : self.reward_horizon].mean(dim=(-2, -1))
+
+    def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:
+        """Exploring chunks (B, Ta, Da) and {"chains": (B, K' + 1, Ta, Da), "log_probs": (B, K')}.
+
+        The log-probabilities of the chain come from the means and variances the sampler already computed, so
+        the update need not run the K' steps again for them; they equal `log_probs(cond, stored)` (tested).
+        """
+        sample = self.sample(cond, deterministic=False, chain_steps=self.ft_denoising_steps)
+        step_log_probs = self.step_log_probs(sample.chain_means, sample.chain_log_vars, sample.chains[:, 1:])
+        return sample.actions, {"chains": sample.chains, "log_probs": self.reduce_log_probs(step_log_probs)}
 
     def log_probs(self, cond: dict, stored: dict) -> torch.Tensor:
         """The PPO log-probabilities of what `explore` stored: (B, K')."""

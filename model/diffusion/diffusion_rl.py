@@ -54,6 +54,10 @@ class FinetuneDiffusion(DiffusionModel):
         cond_rep = {key: value.repeat_interleave(n_ft, dim=0) for key, value in cond.items()}
         network = self.actor_ft if network is None else network
         mean, log_var = self.p_mean_var(x_in, k, cond_rep, network, deterministic=False)
+        return self.step_log_probs(mean, log_var, x_out).view(batch, n_ft, self.horizon_steps, self.action_dim)
+
+    def step_log_probs(self, mean: torch.Tensor, log_var: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:
+        """Element-wise log N(x_out; mean, std^2) with std = exp(log_var / 2) clamped below at
+        min_logprob_denoising_std; all three of one shape."""
         std = (0.5 * log_var).exp().clamp(min=self.min_logprob_denoising_std)
-        log_prob = torch.distributions.Normal(mean, std, validate_args=False).log_prob(x_out)
-        return log_prob.view(batch, n_ft, self.horizon_steps, self.action_dim)
+        return torch.distributions.Normal(mean, std, validate_args=False).log_prob(x_out)

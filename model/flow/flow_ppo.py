@@ -76,16 +76,19 @@ class PPOFlow(PPOModel, FlowModel):
 
     @torch.no_grad()
     def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:
-        """Noisy Euler chains: actions (B, Ta, Da) and {"chains": (B, K + 1, Ta, Da)}, x_0 first, the action last."""
+        """Noisy Euler chains: actions (B, Ta, Da) and {"chains": (B, K + 1, Ta, Da), x_0 first, the action last,
+        "log_probs": (B,) the chain's log-probability from the steps' own means and stds, equal to `log_probs`}."""
         batch = cond["state"].shape[0]
         x = self.initial_noise(batch)
-        chain = [x]
+        chain, step_log_probs = [x], []
         for t in self.times():
             mean, std = self.step_distribution(x, torch.full((batch,), t, device=self.device), cond)
             noise = torch.randn_like(x).clamp(-self.randn_clip_value, self.randn_clip_value)
             x = mean + std * noise
             chain.append(x)
-        return x, {"chains": torch.stack(chain, dim=1)}
+            step_log_probs.append(torch.distributions.Normal(mean, std, validate_args=False).log_prob(x))
+        log_probs = self.chain_log_prob(torch.stack(step_log_probs, dim=1))
+        return x, {"chains": torch.stack(chain, dim=1), "log_probs": log_probs}
 
     def step_log_probs(self, cond: dict, chains: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Element-wise log N(x_{k+1}; mean_k, sigma_k^2) of each step and the stds: (B, K, Ta, Da) each.
