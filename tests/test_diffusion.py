@@ -24,6 +24,12 @@ class FixedOutput(nn.Module):
         self.register_buffer("output", output)
 
     def forward(self, x, t, cond):
+        return self.denoise(x, t, self.encode(cond))
+
+    def encode(self, cond):
+        return cond["state"].new_zeros(cond["state"].shape[0], 0)
+
+    def denoise(self, x, t, features):
         return self.output
 
 

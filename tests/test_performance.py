@@ -169,3 +169,91 @@ def test_update_with_kept_log_probs_equals_update_with_recomputed_ones(pretraine
         assert metrics_kept[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     for p_kept, p_recomputed in zip(kept.model.parameters(), recomputed.model.parameters()):
         torch.testing.assert_close(p_kept, p_recomputed, rtol=1e-5, atol=1e-6)
+
+
+# ---- the sampler: one encoding per chunk, one time embedding and 0-dim coefficients per step --------------
+def make_finetune_model(kind, **kwargs):
+    """A PPODiffusion (horizon 4, action dim 2, 2 observation steps of dim 5) on the given denoiser, with a
+    perturbed fine-tuned copy so the base and fine-tuned steps differ; and a cond of 3 samples."""
+    from test_ppo_diffusion import perturb
+    from test_unet_vit import reference_inputs, small_vit
+
+    from model.common.critic import CriticObs
+    from model.diffusion.diffusion_ppo import PPODiffusion
+    from model.diffusion.mlp import DiffusionMLP
+    from model.diffusion.unet import DiffusionUNet1D
+
+    torch.manual_seed(0)
+    if kind == "mlp":
+        network = DiffusionMLP(action_dim=2, horizon_steps=4, cond_dim=10, time_dim=8, mlp_dims=[32, 32, 32])
+    elif kind == "unet":
+        network = DiffusionUNet1D(2, 4, cond_dim=10, dim=16)
+    else:  # a ViT over two camera views and the state, as the pixel configs use
+        network = DiffusionMLP(action_dim=2, horizon_steps=4, cond_dim=None, time_dim=8, mlp_dims=[32, 32, 32],
+                               obs_encoder=small_vit(augment=False))
+    model = PPODiffusion(network=network, critic=CriticObs(10, [16, 16, 16]), network_path=None, horizon_steps=4,
+                         obs_dim=5, action_dim=2, cond_steps=2, denoising_steps=8, ft_denoising_steps=3,
+                         min_sampling_denoising_std=0.1, **kwargs)
+    perturb(model.actor_ft, seed=1, scale=0.02)
+    _, _, cond = reference_inputs(3, 4, 2, state_dim=5, cond_steps=2, num_views=2 if kind == "vit" else 0)
+    return model, cond
+
+
+def straightforward_sample(model, cond, chain_steps, deterministic):
+    """The sampler as first written: every step encodes the observations and embeds a (B,) tensor of steps."""
+    batch = cond["state"].shape[0]
+    x = torch.randn(batch, model.horizon_steps, model.action_dim)
+    chain = []
+    for k in reversed(range(model.sampling_steps)):
+        if k == chain_steps - 1:
+            chain.append(x)
+        mean, log_var = model.p_mean_var(x, torch.full((batch,), k), cond, model.denoiser_at(k), deterministic)
+        std = model.sampling_std(log_var, k, deterministic)
+        x = mean + std * torch.randn_like(x).clamp(-model.randn_clip_value, model.randn_clip_value)
+        if k == 0:
+            x = model.clip_final(x)
+        if k < chain_steps:
+            chain.append(x)
+    return x, torch.stack(chain, dim=1)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "unet", "vit"])
+@pytest.mark.parametrize("ddim", [False, True])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_sampler_equals_straightforward_sampling(kind, ddim, deterministic):
+    kwargs = {"use_ddim": True, "ddim_steps": 4} if ddim else {}
+    model, cond = make_finetune_model(kind, **kwargs)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        expected_actions, expected_chains = straightforward_sample(model, cond, 3, deterministic)
+        torch.manual_seed(3)
+        sample = model.sample(cond, deterministic=deterministic, chain_steps=3)
+    torch.testing.assert_close(sample.actions, expected_actions, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sample.chains, expected_chains, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "unet", "vit"])
+def test_chain_log_probs_and_gradients_equal_per_step_encoding(kind):
+    """chain_log_probs encodes each sample once and repeats the features over the K' steps: the log-probs and
+    the gradients reaching the encoder equal those of encoding the repeated observations."""
+    model, cond = make_finetune_model(kind)
+    with torch.no_grad():
+        torch.manual_seed(4)
+        _, stored = model.explore(cond)
+    chains, n_ft = stored["chains"], model.ft_denoising_steps
+    fast = model.chain_log_probs(cond, chains)
+    fast.sum().backward()
+    fast_grads = [p.grad.clone() for p in model.actor_ft.parameters()]
+    model.zero_grad()
+
+    batch = chains.shape[0]
+    x_in = chains[:, :-1].reshape(batch * n_ft, 4, 2)
+    x_out = chains[:, 1:].reshape(batch * n_ft, 4, 2)
+    k = torch.arange(n_ft - 1, -1, -1).repeat(batch)
+    cond_rep = {key: value.repeat_interleave(n_ft, dim=0) for key, value in cond.items()}
+    mean, log_var = model.p_mean_var(x_in, k, cond_rep, model.actor_ft)
+    slow = model.step_log_probs(mean, log_var, x_out).view(batch, n_ft, 4, 2)
+    slow.sum().backward()
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    for fast_grad, p in zip(fast_grads, model.actor_ft.parameters()):
+        torch.testing.assert_close(fast_grad, p.grad, rtol=1e-4, atol=1e-5)

@@ -69,6 +69,7 @@ class DiffusionModel(ChunkPolicy):
             buffers["timesteps"] = torch.arange(denoising_steps, dtype=torch.long)
         for name, value in buffers.items():
             self.register_buffer(name, value if name == "timesteps" else value.float(), persistent=False)
+        self.timestep_values = buffers["timesteps"].tolist()  # the DDPM step of each step index, as ints
         self.to(device)
 
     # ---- forward process and training loss -------------------------------------------------
@@ -98,13 +99,13 @@ class DiffusionModel(ChunkPolicy):
         """The network that runs sampling step `step_index` (fine-tuning models override this)."""
         return self.network
 
-    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and clipped log-variance of q(x_{t-1} | x_t, x0); t: (B,) DDPM steps."""
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and clipped log-variance of q(x_{t-1} | x_t, x0); t: (B,) DDPM steps or one int for every row."""
         mean = _per_sample(self.posterior_mean_coef1, t) * x0 + _per_sample(self.posterior_mean_coef2, t) * x_t
         return mean, _per_sample(self.posterior_log_variance_clipped, t).expand_as(x_t)
 
-    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
-        """x0 from the network output; clipped to +-denoised_clip_value."""
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, prediction: torch.Tensor) -> torch.Tensor:
+        """x0 from the network output; clipped to +-denoised_clip_value. t: (B,) DDPM steps or one int."""
         if self.predict_epsilon:
             x0 = (_per_sample(self.sqrt_recip_alphas_cumprod, t) * x_t
                   - _per_sample(self.sqrt_recipm1_alphas_cumprod, t) * prediction)
@@ -114,15 +115,25 @@ class DiffusionModel(ChunkPolicy):
             x0 = x0.clamp(-self.denoised_clip_value, self.denoised_clip_value)
         return x0
 
-    def p_mean_var(self, x: torch.Tensor, k: torch.Tensor, cond: dict, network: nn.Module,
+    def p_mean_var(self, x: torch.Tensor, k: torch.Tensor | int, cond: dict, network: nn.Module,
                    deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of p(x_{k-1} | x_k, s) at step indices k: (B,). x: (B, Ta, Da).
+        """Mean and log-variance of p(x_{k-1} | x_k, s) at step indices k: (B,) or one int for every row.
+        x: (B, Ta, Da).
 
         DDPM: the posterior q(x_{t-1} | x_t, x0_hat). DDIM: x0_hat and the noise re-derived
         from the clipped x0_hat, with sigma from eta (ddim_eta when exploring, 0 when deterministic).
         """
-        t = self.timesteps[k]
-        x0 = self.predict_x0(x, t, network(x, t, cond))
+        return self.p_mean_var_from_features(x, k, network.encode(cond), network, deterministic)
+
+    def p_mean_var_from_features(self, x: torch.Tensor, k: torch.Tensor | int, features: torch.Tensor,
+                                 network: nn.Module, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """`p_mean_var` with the observations already encoded, features = network.encode(cond): (B, F).
+
+        The sampler encodes once per chunk and passes each step as an int, so the schedule's coefficients
+        are 0-dim values and the network embeds the step once instead of once per row.
+        """
+        t = self.timestep_values[k] if isinstance(k, int) else self.timesteps[k]  # DDPM step(s): int or (B,)
+        x0 = self.predict_x0(x, t, network.denoise(x, self.timesteps[k], features))
         if not self.use_ddim:
             return self.q_posterior(x0, x, t)
         alpha = _per_sample(self.ddim_alphas, k)
@@ -165,13 +176,16 @@ class DiffusionModel(ChunkPolicy):
 
     def _sample(self, cond: dict, deterministic: bool, chain_steps: int, network: nn.Module | None) -> Sample:
         batch = cond["state"].shape[0]
-        x = torch.randn(batch, self.horizon_steps, self.action_dim, device=self.device)
+        x = torch.randn(batch, self.horizon_steps, self.action_dim, device=cond["state"].device)
         chain, means, log_vars = [], [], []
+        features = {}  # each denoiser encodes the observations once per chunk
         for k in reversed(range(self.sampling_steps)):
             if k == chain_steps - 1:
                 chain.append(x)
-            k_batch = torch.full((batch,), k, device=self.device, dtype=torch.long)
-            mean, log_var = self.p_mean_var(x, k_batch, cond, self.denoiser_at(k) if network is None else network, deterministic)
+            denoiser = self.denoiser_at(k) if network is None else network
+            if denoiser not in features:
+                features[denoiser] = denoiser.encode(cond)
+            mean, log_var = self.p_mean_var_from_features(x, k, features[denoiser], denoiser, deterministic)
             std = self.sampling_std(log_var, k, deterministic)
             noise = torch.randn_like(x).clamp(-self.randn_clip_value, self.randn_clip_value)
             x = mean + std * noise
@@ -196,6 +210,8 @@ class DiffusionModel(ChunkPolicy):
         return self.sample(cond, deterministic=True).actions
 
 
-def _per_sample(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """values[index] shaped (B, 1, 1) to broadcast over (B, Ta, Da)."""
+def _per_sample(values: torch.Tensor, index: torch.Tensor | int) -> torch.Tensor:
+    """values[index] shaped to broadcast over (B, Ta, Da): (B, 1, 1) for (B,) indices, 0-dim for an int index."""
+    if isinstance(index, int):
+        return values[index]
     return values[index].view(-1, 1, 1)

@@ -51,9 +51,9 @@ class FinetuneDiffusion(DiffusionModel):
         x_in = chains[:, :-1].reshape(batch * n_ft, self.horizon_steps, self.action_dim)
         x_out = chains[:, 1:].reshape(batch * n_ft, self.horizon_steps, self.action_dim)
         k = torch.arange(n_ft - 1, -1, -1, device=chains.device).repeat(batch)
-        cond_rep = {key: value.repeat_interleave(n_ft, dim=0) for key, value in cond.items()}
         network = self.actor_ft if network is None else network
-        mean, log_var = self.p_mean_var(x_in, k, cond_rep, network, deterministic=False)
+        features = network.encode(cond).repeat_interleave(n_ft, dim=0)  # each sample encoded once, not K' times
+        mean, log_var = self.p_mean_var_from_features(x_in, k, features, network, deterministic=False)
         return self.step_log_probs(mean, log_var, x_out).view(batch, n_ft, self.horizon_steps, self.action_dim)
 
     def step_log_probs(self, mean: torch.Tensor, log_var: torch.Tensor, x_out: torch.Tensor) -> torch.Tensor:

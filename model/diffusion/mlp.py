@@ -32,6 +32,15 @@ class DiffusionMLP(nn.Module):
                             activation=activation, out_activation=out_activation, use_layernorm=use_layernorm)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        return self.denoise(x, t, self.encode(cond))
+
+    def encode(self, cond: dict) -> torch.Tensor:
+        """Observation features (B, F): computed once per chunk by the sampler, whatever the number of steps."""
+        return self.obs_encoder(cond)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """x: (B, Ta, Da), t: (B,) steps or a 0-dim step shared by every row, features: (B, F) -> (B, Ta, Da)."""
         batch = x.shape[0]
-        h = torch.cat([x.reshape(batch, -1), self.time_embedding(t), self.obs_encoder(cond)], dim=-1)
+        time_features = self.time_embedding(t.view(-1)).expand(batch, -1)
+        h = torch.cat([x.reshape(batch, -1), time_features, features], dim=-1)
         return self.mlp(h).view(batch, self.horizon_steps, self.action_dim)

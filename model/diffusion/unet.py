@@ -124,7 +124,16 @@ class DiffusionUNet1D(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-        global_cond = torch.cat([self.time_embedding(t), self.obs_encoder(cond)], dim=-1)
+        return self.denoise(x, t, self.encode(cond))
+
+    def encode(self, cond: dict) -> torch.Tensor:
+        """Observation features (B, F): computed once per chunk by the sampler, whatever the number of steps."""
+        return self.obs_encoder(cond)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """x: (B, Ta, Da), t: (B,) steps or a 0-dim step shared by every row, features: (B, F) -> (B, Ta, Da)."""
+        time_features = self.time_embedding(t.view(-1)).expand(x.shape[0], -1)
+        global_cond = torch.cat([time_features, features], dim=-1)
         h = einops.rearrange(x, "b t a -> b a t")
         skips = []
         for res1, res2, downsample in self.down_levels:
