@@ -76,13 +76,46 @@ def _copy_obs(obs: dict) -> dict:
     return {key: np.array(value) for key, value in obs.items()}
 
 
+def concat_steps(steps: list[VectorStep]) -> VectorStep:
+    """The VectorSteps of consecutive groups of envs -> one VectorStep of all of them (env order kept)."""
+    if len(steps) == 1:
+        return steps[0]
+
+    def cat(values):
+        if isinstance(values[0], dict):
+            return {key: torch.cat([value[key] for value in values]) for key in values[0]}
+        return torch.cat(values)
+
+    success = [step.success for step in steps]
+    return VectorStep(
+        obs=cat([step.obs for step in steps]), reward=cat([step.reward for step in steps]),
+        terminated=cat([step.terminated for step in steps]), truncated=cat([step.truncated for step in steps]),
+        final_obs=cat([step.final_obs for step in steps]), n_executed=cat([step.n_executed for step in steps]),
+        sim_errors=cat([step.sim_errors for step in steps]), cut=cat([step.cut for step in steps]),
+        success=None if success[0] is None else cat(success),
+    )
+
+
+def env_groups(num_envs: int, n_groups: int) -> list[slice]:
+    """Consecutive, nearly equal groups of env indices: env_groups(5, 2) = [slice(0, 3), slice(3, 5)]."""
+    if not 1 <= n_groups <= num_envs:
+        raise ValueError(f"n_groups={n_groups} must be in 1..n_envs ({num_envs}).")
+    bounds = [round(g * num_envs / n_groups) for g in range(n_groups + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
 class TorchVectorEnv:
     """Steps `len(env_fns)` envs with action chunks and returns torch tensors on `device`.
 
     Each env is a `MultiStep` env: observations {key: (To, ...)}, actions (act_steps, Da).
     `start_method` is the multiprocessing start method of the workers (None: the platform's default).
     With `asynchronous=True` every env runs in its own process; a dead worker
-    makes the whole vector env be rebuilt (counted in `n_worker_restarts`).
+    makes its vector env be rebuilt (counted in `n_worker_restarts`).
+
+    With `n_groups` > 1 the envs form that many consecutive groups, each its own gymnasium vector env, and
+    `step_async(g, actions)` / `step_wait(g)` step group g alone: the caller can compute the next actions of
+    one group while the workers of another step (the overlapped rollout of the fine-tuning loop).
+    `step` and `reset` act on every env either way.
     """
 
     def __init__(
@@ -91,31 +124,35 @@ class TorchVectorEnv:
         device: str | torch.device = "cpu",
         asynchronous: bool = True,
         start_method: str | None = None,
+        n_groups: int = 1,
     ):
         self.env_fns = list(env_fns)
         self.device = torch.device(device)
         self.asynchronous = asynchronous
         self.start_method = start_method
         self.num_envs = len(self.env_fns)
-        self._env = self._build()
-        self.single_observation_space = self._env.single_observation_space
-        self.single_action_space = self._env.single_action_space
+        self.groups = env_groups(self.num_envs, n_groups)
+        self._envs = [self._build(group) for group in self.groups]
+        self.single_observation_space = self._envs[0].single_observation_space
+        self.single_action_space = self._envs[0].single_action_space
         self.n_sim_errors = 0
         self.n_worker_restarts = 0
-        self._obs: dict | None = None  # {key: (n_envs, To, ...)}, the obs the next actions act on
+        # per group: the obs {key: (group size, To, ...)} its next actions act on, and what step_async left
+        self._obs: list[dict | None] = [None] * len(self.groups)
+        self._pending: list[np.ndarray | Exception | None] = [None] * len(self.groups)
 
-    def _build(self) -> gym.vector.VectorEnv:
+    def _build(self, group: slice) -> gym.vector.VectorEnv:
         autoreset_mode = gym.vector.AutoresetMode.SAME_STEP
         if self.asynchronous:
-            return gym.vector.AsyncVectorEnv(self.env_fns, shared_memory=True, autoreset_mode=autoreset_mode,
+            return gym.vector.AsyncVectorEnv(self.env_fns[group], shared_memory=True, autoreset_mode=autoreset_mode,
                                              context=self.start_method)
-        return gym.vector.SyncVectorEnv(self.env_fns, autoreset_mode=autoreset_mode)
+        return gym.vector.SyncVectorEnv(self.env_fns[group], autoreset_mode=autoreset_mode)
 
     def _tensor(self, x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(x).to(device=self.device, dtype=dtype)
 
     def _obs_tensors(self, obs: dict) -> dict:
-        """{key: (n_envs, ...)} numpy -> tensors on the device: float observations as float32, images stay uint8."""
+        """{key: (n, ...)} numpy -> tensors on the device: float observations as float32, images stay uint8."""
         return {key: self._tensor(value, torch.uint8 if value.dtype == np.uint8 else torch.float32)
                 for key, value in obs.items()}
 
@@ -136,71 +173,103 @@ class TorchVectorEnv:
 
     def reset(self, seed: int | None = None) -> dict:
         """Resets all envs (env i gets seed + i). Returns obs {key: (n_envs, To, ...)}."""
-        obs, _ = self._env.reset(seed=seed)
-        self._obs = _copy_obs(obs)
-        return self._obs_tensors(self._obs)
+        for g, (group, env) in enumerate(zip(self.groups, self._envs)):
+            obs, _ = env.reset(seed=None if seed is None else seed + group.start)
+            self._obs[g] = _copy_obs(obs)
+            self._pending[g] = None
+        return self._obs_tensors({key: np.concatenate([obs[key] for obs in self._obs]) for key in self._obs[0]})
 
     def step(self, actions: torch.Tensor | np.ndarray) -> VectorStep:
         """actions: (n_envs, act_steps, Da), numpy or torch on any device."""
-        if self._obs is None:
-            raise RuntimeError("TorchVectorEnv.step called before reset(): call reset() first.")
+        actions = self._checked_actions(actions, self.num_envs)
+        for g, group in enumerate(self.groups):
+            self.step_async(g, actions[group])
+        return concat_steps([self.step_wait(g) for g in range(len(self.groups))])
+
+    def _checked_actions(self, actions: torch.Tensor | np.ndarray, n_envs: int) -> np.ndarray:
         if isinstance(actions, torch.Tensor):
             actions = actions.detach().cpu().numpy()
         actions = np.asarray(actions, dtype=np.float32)
-        expected_shape = (self.num_envs, *self.single_action_space.shape)
+        expected_shape = (n_envs, *self.single_action_space.shape)
         if actions.shape != expected_shape:
             raise ValueError(f"Actions have shape {actions.shape}, expected (n_envs, act_steps, Da) = {expected_shape}.")
+        return actions
+
+    def step_async(self, g: int, actions: torch.Tensor | np.ndarray) -> None:
+        """Start stepping group g with actions (group size, act_steps, Da); `step_wait(g)` returns the result."""
+        if self._obs[g] is None:
+            raise RuntimeError("TorchVectorEnv.step called before reset(): call reset() first.")
+        actions = self._checked_actions(actions, self.groups[g].stop - self.groups[g].start)
+        self._pending[g] = actions
+        if self.asynchronous:
+            try:
+                self._envs[g].step_async(actions)
+            except WORKER_DIED_ERRORS as exc:
+                self._pending[g] = exc
+
+    def step_wait(self, g: int) -> VectorStep:
+        """The VectorStep of group g (tensors of the group's size) for the actions given to `step_async(g)`."""
+        pending, self._pending[g] = self._pending[g], None
+        if pending is None:
+            raise RuntimeError(f"step_wait({g}) without step_async({g}).")
+        env, n_envs = self._envs[g], self.groups[g].stop - self.groups[g].start
         try:
-            obs, reward, terminated, truncated, info = self._env.step(actions)
+            if isinstance(pending, Exception):
+                raise pending
+            obs, reward, terminated, truncated, info = env.step_wait() if self.asynchronous else env.step(pending)
         except WORKER_DIED_ERRORS as exc:
             if not self.asynchronous:
                 raise
-            return self._restart_after(exc)
+            return self._restart_after(g, exc)
 
         obs = _copy_obs(obs)
         final_obs = _copy_obs(obs)
-        ended = info.get("_final_obs", np.zeros(self.num_envs, dtype=bool))
+        ended = info.get("_final_obs", np.zeros(n_envs, dtype=bool))
         for i in np.flatnonzero(ended):
             for key, value in info["final_obs"][i].items():
                 final_obs[key][i] = value
-        sim_errors = _per_env_info(info, "sim_error", self.num_envs)
+        sim_errors = _per_env_info(info, "sim_error", n_envs)
         self.n_sim_errors += int(sim_errors.sum())
-        self._obs = obs
-        n_executed = _per_env_info(info, "n_executed", self.num_envs)
+        self._obs[g] = obs
+        n_executed = _per_env_info(info, "n_executed", n_envs)
         reports_success = "success" in info or "success" in info.get("final_info", {})
-        success = _per_env_info(info, "success", self.num_envs) > 0 if reports_success else None
+        success = _per_env_info(info, "success", n_envs) > 0 if reports_success else None
         return self._vector_step(obs, reward, terminated, truncated, final_obs, n_executed, sim_errors, success)
 
-    def _restart_after(self, exc: Exception) -> VectorStep:
-        """Rebuilds the vector env after a worker died; every episode ends truncated at the obs before the step."""
+    def _restart_after(self, g: int, exc: Exception) -> VectorStep:
+        """Rebuilds group g's vector env after a worker died; each of its episodes ends truncated at the obs
+        before the step."""
         logger.warning("A vector env worker died (%r): rebuilding the vector env.", exc)
-        self._close_broken()
-        self._env = self._build()
+        self._close_broken(self._envs[g])
+        self._envs[g] = self._build(self.groups[g])
         self.n_worker_restarts += 1
-        final_obs = self._obs
-        obs, _ = self._env.reset()
-        self._obs = _copy_obs(obs)
-        zeros, ones = np.zeros(self.num_envs), np.ones(self.num_envs)
-        return self._vector_step(self._obs, zeros, zeros, ones, final_obs, zeros, zeros, restarted=True)
+        final_obs = self._obs[g]
+        obs, _ = self._envs[g].reset()
+        self._obs[g] = _copy_obs(obs)
+        n_envs = self.groups[g].stop - self.groups[g].start
+        zeros, ones = np.zeros(n_envs), np.ones(n_envs)
+        return self._vector_step(self._obs[g], zeros, zeros, ones, final_obs, zeros, zeros, restarted=True)
 
-    def _close_broken(self) -> None:
+    @staticmethod
+    def _close_broken(env: gym.vector.AsyncVectorEnv) -> None:
         """Closes an async vector env with a dead worker.
 
         `AsyncVectorEnv.close` would first wait for the pending step on the dead
         pipe and raise again, so kill the workers and close the pipes here.
         """
-        for process in self._env.processes:
+        for process in env.processes:
             if process.is_alive():
                 process.kill()
-        for pipe in self._env.parent_pipes:
+        for pipe in env.parent_pipes:
             if pipe is not None:
                 pipe.close()
-        for process in self._env.processes:
+        for process in env.processes:
             process.join()
-        self._env.closed = True
+        env.closed = True
 
     def close(self) -> None:
-        self._env.close()
+        for env in self._envs:
+            env.close()
 
 
 def _make_env(
@@ -218,9 +287,10 @@ def _make_env(
     env = SimulatorGuard(env)
     if video_dir:
         env = VideoRecorder(env, video_dir, max_episodes=max_video_episodes)
-    if normalization_path:
+    env = MultiStep(env, n_obs_steps, n_action_steps)
+    if normalization_path:  # once per chunk: the (To, Do) history and the (Ta, Da) chunk in one call each
         env = NormalizeObsAction(env, MinMaxNormalizer.load(normalization_path))
-    return MultiStep(env, n_obs_steps, n_action_steps)
+    return env
 
 
 def make_env_fn(
@@ -235,7 +305,7 @@ def make_env_fn(
     max_video_episodes: int = 1,
 ) -> Callable[[], gym.Env]:
     """A picklable function that builds one env inside a worker:
-    family env -> SimulatorGuard -> [VideoRecorder] -> [NormalizeObsAction] -> MultiStep."""
+    family env -> SimulatorGuard -> [VideoRecorder] -> MultiStep -> [NormalizeObsAction]."""
     return functools.partial(
         _make_env, family, env_id, dict(env_kwargs or {}), n_obs_steps, n_action_steps, normalization_path, seed,
         video_dir, max_video_episodes,
@@ -254,8 +324,10 @@ def make_vector_env(
     asynchronous: bool = True,
     seed: int = 0,
     video_dir: str | None = None,
+    n_groups: int = 1,
 ) -> TorchVectorEnv:
-    """`n_envs` envs of a task family (env i seeded with seed + i); only env 0 records video.
+    """`n_envs` envs of a task family (env i seeded with seed + i); only env 0 records video. `n_groups`: see
+    `TorchVectorEnv`.
 
     Envs that render offscreen (camera observations, `env_kwargs["image_keys"]`, or video) start their workers
     with forkserver: an EGL context made in a forked worker hangs (measured with robosuite here).
@@ -280,7 +352,7 @@ def make_vector_env(
     ]
     renders = bool((env_kwargs or {}).get("image_keys")) or video_dir is not None
     return TorchVectorEnv(env_fns, device=device, asynchronous=asynchronous,
-                          start_method="forkserver" if renders else None)
+                          start_method="forkserver" if renders else None, n_groups=n_groups)
 
 
 def make_task_vector_env(env_cfg, n_envs: int, n_obs_steps: int, n_action_steps: int, **kwargs) -> TorchVectorEnv:

@@ -14,8 +14,9 @@ Figures (docs/PERFORMANCE.md reads them):
   every Linear layer's forward and backward in that update (actor on B x K' rows, critic on B rows), timed in
   the same run. Their ratio is the fraction of the machine's matmul speed the update reaches.
 - env: env steps per second of the configured vector env stepping random action chunks and nothing else.
-- iteration: one whole fine-tuning iteration (`collect_rollout` then `update`) with its phases: env stepping
-  and sampling inside the rollout, old log-probabilities, loss forward, and the rest of the update (backward,
+- iteration: one whole fine-tuning iteration (`collect_rollout` then `update`) with its phases: env_wait (the
+  main process in `step_async` / `step_wait`: env stepping that sampling did not hide) and sampling inside the
+  rollout, old log-probabilities (when recomputed), loss forward, and the rest of the update (backward,
   optimizer, GAE). `rollout_vs_bound` is the rollout time over max(env-only time, sampling-only time) for the
   same steps, both measured above.
 
@@ -48,10 +49,11 @@ from dppo.config import register_resolvers, validate_config  # noqa: E402
 from dppo.runtime import available_cores, set_threads  # noqa: E402
 
 CONFIG_NAME = "ft_ppo_diffusion_mlp"
-FULL = {"sampling_envs": (10, 40, 160), "repeats": 20, "overrides": []}
+FULL = {"sampling_envs": (10, 40, 160), "repeats": 20, "update_repeats": 5, "overrides": []}
 TINY = {
     "sampling_envs": (2, 4),
     "repeats": 2,
+    "update_repeats": 2,
     "overrides": ["model.network.mlp_dims=[32,32,32]", "model.critic.mlp_dims=[32,32,32]", "base_policy_path=null",
                   "env.n_envs=2", "env.asynchronous=false", "train.n_steps=3", "train.batch_size=4",
                   "train.update_epochs=1", "denoising_steps=6", "ft_denoising_steps=3"],
@@ -200,7 +202,8 @@ def bench_env(agent: PPOAgent, n_steps: int, device: str) -> dict:
 
 def bench_iteration(agent: PPOAgent, device: str) -> dict:
     clock = PhaseClock(device)
-    clock.wrap(agent.venv, "step", "env_step")
+    for method in ("step_async", "step_wait"):
+        clock.wrap(agent.venv, method, "env_wait")
     clock.wrap(agent.model, "explore", "sampling")
     clock.wrap(agent.model, "log_probs", "old_log_probs")  # inside the loss it counts as loss_forward
     clock.wrap(agent.model, "normalized_loss", "loss_forward")
@@ -213,8 +216,8 @@ def bench_iteration(agent: PPOAgent, device: str) -> dict:
     agent.update(rollout)
     synchronize(device)
     update_seconds = time.perf_counter() - start - rollout_seconds
-    phases = {phase: clock.seconds[phase] for phase in ("env_step", "sampling", "old_log_probs", "loss_forward")}
-    phases["rollout_other"] = rollout_seconds - phases["env_step"] - phases["sampling"]
+    phases = {phase: clock.seconds[phase] for phase in ("env_wait", "sampling", "old_log_probs", "loss_forward")}
+    phases["rollout_other"] = rollout_seconds - phases["env_wait"] - phases["sampling"]
     phases["update_backward_and_rest"] = update_seconds - phases["old_log_probs"] - phases["loss_forward"]
     return {
         "env_steps": rollout_metrics["iteration_env_steps"],
@@ -256,7 +259,7 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
             try:
                 repeats = mode["repeats"]
                 results = {"sampling_seconds": bench_sampling(agent.model, mode["sampling_envs"], repeats, device)}
-                results["update"] = bench_update(agent, repeats, device)
+                results["update"] = bench_update(agent, mode["update_repeats"], device)
                 results["env"] = bench_env(agent, cfg.train.n_steps, device)
                 results["iteration"] = bench_iteration(agent, device)
                 n_envs = cfg.env.n_envs

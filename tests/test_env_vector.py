@@ -168,8 +168,8 @@ def test_async_hopper_and_dead_worker_restart():
         assert step.obs["state"].shape == (2, 2, 11) and step.n_executed.tolist() == [2, 2]
         before = step.obs
 
-        os.kill(envs._env.processes[1].pid, signal.SIGKILL)
-        envs._env.processes[1].join()
+        os.kill(envs._envs[0].processes[1].pid, signal.SIGKILL)
+        envs._envs[0].processes[1].join()
         step = envs.step(torch.zeros(2, 2, 3))
         assert envs.n_worker_restarts == 1
         assert step.truncated.tolist() == [True, True] and not step.terminated.any()

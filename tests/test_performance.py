@@ -99,10 +99,10 @@ def test_bench_tiny_mode_reports_every_figure(tmp_path):
     assert 2 * 3 <= report["env"]["env_steps"] <= 2 * 3 * 4  # envs x chunk-steps x (1 to act_steps) env steps
     iteration = report["iteration"]
     phases = iteration["phases"]
-    assert set(phases) == {"env_step", "sampling", "rollout_other", "old_log_probs", "loss_forward",
+    assert set(phases) == {"env_wait", "sampling", "rollout_other", "old_log_probs", "loss_forward",
                            "update_backward_and_rest"}
     assert sum(phases.values()) == pytest.approx(iteration["total_seconds"])
-    assert min(phases["env_step"], phases["sampling"], phases["loss_forward"]) > 0
+    assert min(phases["env_wait"], phases["sampling"], phases["loss_forward"]) > 0
     assert iteration["rollout_vs_bound"] > 0
 
 
@@ -257,3 +257,65 @@ def test_chain_log_probs_and_gradients_equal_per_step_encoding(kind):
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
     for fast_grad, p in zip(fast_grads, model.actor_ft.parameters()):
         torch.testing.assert_close(fast_grad, p.grad, rtol=1e-4, atol=1e-5)
+
+
+# ---- the overlapped rollout ---------------------------------------------------------------------------------
+def test_overlapped_rollout_equals_one_group_rollout(pretrained, tmp_path):
+    """Two env groups (one samples while the other steps) give exactly the rollout of one group when the policy is
+    a deterministic function of the observation: same observations, actions, rewards, ends and episodes."""
+    dataset_dir, _ = pretrained
+    rollouts = []
+    for overlap in (False, True):
+        agent = make_agent(dataset_dir, tmp_path / str(overlap), [f"env.overlap_rollout={overlap}", "env.n_envs=3",
+                                                                 "train.n_steps=40"])
+        assert len(agent.venv.groups) == (2 if overlap else 1)
+
+        def explore(obs):
+            state = obs["state"]
+            actions = torch.tanh(state[:, -1, :3] * 3.0)[:, None, :].expand(-1, 4, -1).contiguous()
+            return actions, {"chains": actions[:, None].repeat(1, 2, 1, 1), "log_probs": state[:, -1, :1]}
+
+        agent.model.explore = explore
+        rollout, last_obs, metrics = agent.collect_rollout(agent.reset_envs())
+        rollouts.append((rollout, last_obs, metrics))
+        agent.venv.close()
+    (one, one_obs, one_metrics), (two, two_obs, two_metrics) = rollouts
+    assert one.ends.any(), "the check needs episodes that end inside the rollout"
+    for field in ("obs", "next_obs", "actions", "stored", "rewards", "terminated", "ends", "firsts"):
+        torch.testing.assert_close(getattr(two, field), getattr(one, field), rtol=0, atol=0)
+    torch.testing.assert_close(two_obs, one_obs, rtol=0, atol=0)
+    assert two_metrics == one_metrics
+
+
+# ---- normalization once per chunk ---------------------------------------------------------------------------
+def test_normalizing_histories_and_chunks_equals_normalizing_each_step():
+    """NormalizeObsAction outside MultiStep (one call per chunk) gives exactly the observations, rewards and ends
+    of NormalizeObsAction inside it (one call per simulator step), on Hopper with the shipped statistics."""
+    import numpy as np
+
+    from dppo.normalization import MinMaxNormalizer
+    from env.gym_locomotion import make_gym_env
+    from env.wrappers.guard import SimulatorGuard
+    from env.wrappers.multi_step import MultiStep
+    from env.wrappers.normalization import NormalizeObsAction
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    normalizer = MinMaxNormalizer.load(os.path.join(repo, "data", "gym", "hopper-medium-v5", "normalization.npz"))
+    per_step = MultiStep(NormalizeObsAction(SimulatorGuard(make_gym_env("Hopper-v5")), normalizer), 2, 4)
+    per_chunk = NormalizeObsAction(MultiStep(SimulatorGuard(make_gym_env("Hopper-v5")), 2, 4), normalizer)
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(30, 4, 3)).astype(np.float32)
+    outputs = []
+    for env in (per_step, per_chunk):
+        obs, _ = env.reset(seed=0)
+        trace = [obs["state"]]
+        for chunk in actions:
+            obs, reward, terminated, truncated, info = env.step(chunk)
+            trace += [obs["state"], reward, terminated, truncated, info["n_executed"]]
+            if terminated or truncated:
+                obs, _ = env.reset(seed=1)
+                trace.append(obs["state"])
+        outputs.append(trace)
+    assert any(isinstance(x, bool) and x for x in outputs[0]), "the check needs an episode that ends"
+    assert len(outputs[0]) == len(outputs[1])
+    for a, b in zip(*outputs):
+        np.testing.assert_array_equal(a, b)

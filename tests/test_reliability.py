@@ -115,14 +115,14 @@ def test_nan_loss_stops_the_run_and_leaves_last_checkpoint_byte_identical(tmp_pa
 
     cfg = compose_config("ft_ppo_diffusion_mlp", overrides + ["train.n_train_itr=3", f"resume={tmp_path / 'run'}"])
     agent = hydra.utils.get_class(cfg._target_)(cfg)
-    clean_loss = agent.model.loss
+    clean_loss = agent.model.normalized_loss
 
     def poisoned_loss(*args, **kwargs):
         out = clean_loss(*args, **kwargs)
         out.pg_loss = out.pg_loss * float("nan")
         return out
 
-    agent.model.loss = poisoned_loss
+    agent.model.normalized_loss = poisoned_loss
     with pytest.raises(NonFiniteError) as info:
         agent.run()
     message = str(info.value)

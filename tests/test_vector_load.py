@@ -33,7 +33,7 @@ def run_load(n_envs: int, n_chunk_steps: int, kill_at: int) -> dict:
         actions = torch.zeros(n_envs, ACT_STEPS, 1)
         for step in range(n_chunk_steps):
             if step == kill_at:
-                os.kill(venv._env.processes[n_envs // 2].pid, signal.SIGKILL)
+                os.kill(venv._envs[0].processes[n_envs // 2].pid, signal.SIGKILL)
             result = venv.step(actions)
             ends = result.terminated | result.truncated
             for env, stats in tracker.update(result.reward, result.n_executed, ends, result.cut):

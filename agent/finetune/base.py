@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from agent.eval.rollout import run_episodes
 from agent.finetune.episodes import EpisodeTracker, summarize
 from agent.finetune.replay import ReplayBuffer
-from agent.finetune.rollout import Rollout, stack_steps
+from agent.finetune.rollout import Rollout, cat_samples, index_samples, stack_steps
 from dppo.checkpoint import (
     checkpoint_path,
     last_checkpoint_path,
@@ -41,7 +41,7 @@ from dppo.divergence import check_finite
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from dppo.schedulers import RunningRewardScaler, WarmupCosineLR
-from env.vector import make_task_vector_env
+from env.vector import concat_steps, make_task_vector_env
 
 EVAL_SEED_OFFSET = 1_000_000
 
@@ -61,6 +61,7 @@ class FinetuneAgent:
             cfg.env, n_envs=self.n_envs, n_obs_steps=cfg.cond_steps, n_action_steps=cfg.act_steps,
             normalization_path=cfg.normalization_path, device=self.device, asynchronous=cfg.env.asynchronous,
             seed=cfg.seed, video_dir=os.path.join(self.logdir, "videos") if cfg.env.save_video else None,
+            n_groups=2 if cfg.env.get("overlap_rollout") and self.n_envs >= 2 else 1,
         )
         self.model = hydra.utils.instantiate(cfg.model)
         train = cfg.train
@@ -178,19 +179,27 @@ class FinetuneAgent:
     def collect_rollout(self, obs: dict) -> tuple[Rollout, dict, dict]:
         """n_steps exploring action chunks in every env from `obs` {key: (n_envs, To, ...)}.
 
-        Returns the rollout, the observation to continue from, and the rollout's metrics
+        The envs come in groups (`env.overlap_rollout`: two): the policy samples the next chunks of one group
+        while the workers of the other step, so sampling and simulation overlap. With one group the two
+        alternate. Returns the rollout, the observation to continue from, and the rollout's metrics
         (episodes that finished in it, env steps, simulator errors).
         """
+        groups = self.venv.groups
         steps = {key: [] for key in ("obs", "next_obs", "actions", "stored", "rewards", "terminated", "ends", "firsts")}
         episodes, env_steps, sim_errors, cut_before = [], 0, 0, self.tracker.n_cut
-        for _ in range(self.cfg.train.n_steps):
-            with torch.no_grad():
-                actions, stored = self.model.explore(obs)
-            result = self.venv.step(actions[:, : self.act_steps])
+        launched = [self.launch(g, index_samples(obs, group)) for g, group in enumerate(groups)]
+        for t in range(self.cfg.train.n_steps):
+            group_steps = []
+            for g in range(len(groups)):
+                group_steps.append((*launched[g], self.venv.step_wait(g)))
+                if t + 1 < self.cfg.train.n_steps:  # group g samples its next chunk while the other group steps
+                    launched[g] = self.launch(g, group_steps[g][-1].obs)
+            step_obs, actions, stored = (cat_samples([group_step[i] for group_step in group_steps]) for i in range(3))
+            result = concat_steps([group_step[3] for group_step in group_steps])
             ends = result.terminated | result.truncated
-            for key, value in (("obs", obs), ("next_obs", result.final_obs), ("actions", actions), ("stored", stored),
-                               ("rewards", result.reward), ("terminated", result.terminated), ("ends", ends),
-                               ("firsts", self.next_firsts)):
+            for key, value in (("obs", step_obs), ("next_obs", result.final_obs), ("actions", actions),
+                               ("stored", stored), ("rewards", result.reward), ("terminated", result.terminated),
+                               ("ends", ends), ("firsts", self.next_firsts)):
                 steps[key].append(value)
             finished = self.tracker.update(result.reward, result.n_executed, ends, result.cut, result.success)
             episodes += [stats for _, stats in finished]
@@ -208,6 +217,14 @@ class FinetuneAgent:
         metrics.update({"iteration_env_steps": env_steps, "sim_errors": sim_errors,
                         "cut_episodes": self.tracker.n_cut - cut_before})
         return rollout, obs, metrics
+
+    def launch(self, g: int, obs: dict) -> tuple[dict, torch.Tensor, dict]:
+        """Sample exploring chunks for env group g's observations {key: (group size, To, ...)} and start stepping
+        the group with their first act_steps actions. Returns (obs, actions, stored) of the group."""
+        with torch.no_grad():
+            actions, stored = self.model.explore(obs)
+        self.venv.step_async(g, actions[:, : self.act_steps])
+        return obs, actions, stored
 
     def scale_rewards(self, rewards: torch.Tensor, firsts: torch.Tensor) -> torch.Tensor:
         """(T, N) rewards of one rollout -> scaled once for the whole rollout (running std or constant factor)."""

@@ -7,8 +7,9 @@ from dppo.normalization import MinMaxNormalizer
 
 
 class NormalizeObsAction(gym.Wrapper):
-    """Normalizes obs["state"] (Do,) to [-1, 1] float32 (other keys, e.g. "rgb", pass unchanged) and
-    un-normalizes actions (Da,) from [-1, 1] to the env's units before `env.step`.
+    """Normalizes obs["state"] (..., Do) to [-1, 1] float32 (other keys, e.g. "rgb", pass unchanged) and
+    un-normalizes actions (..., Da) from [-1, 1] to the env's units before `env.step`. Outside `MultiStep` it
+    works on whole histories (To, Do) and chunks (Ta, Da), once per chunk.
 
     Uses the same `MinMaxNormalizer` as the dataset the policy was trained on.
     """
