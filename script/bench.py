@@ -39,6 +39,7 @@ from datetime import datetime
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # script/run.py's default, so the bench measures it
 
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
@@ -277,20 +278,23 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": machine(),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
         "busy_processes": busy,
         "device": device,
         "config": {"name": CONFIG_NAME, "tiny": tiny, "overrides": overrides, "n_envs": n_envs,
                    "n_steps": cfg.train.n_steps, "batch_size": cfg.train.batch_size,
                    "update_epochs": cfg.train.update_epochs, "denoising_steps": cfg.denoising_steps,
                    "ft_denoising_steps": cfg.ft_denoising_steps,
-                   "grad_chunk_size": cfg.train.get("grad_chunk_size")},
+                   "grad_chunk_size": cfg.train.get("grad_chunk_size"),
+                   "overlap_rollout": cfg.env.get("overlap_rollout")},
         **results,
     }
 
 
 def table(report: dict) -> str:
     update, env, iteration = report["update"], report["env"], report["iteration"]
-    rows = [("threads / busy processes", f"{report['threads']} / {report['busy_processes']}")]
+    rows = [("threads / busy processes / OMP_WAIT_POLICY",
+             f"{report['threads']} / {report['busy_processes']} / {report['omp_wait_policy']}")]
     rows += [(f"sampling, {n} envs", f"{seconds * 1e3:.1f} ms") for n, seconds in report["sampling_seconds"].items()]
     rows += [
         ("log-probs", f"{update['log_probs_terms_per_s']:,.0f} terms/s"),

@@ -26,6 +26,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 # Jobs that run in other processes (joblib workers, submitit jobs, env workers) import the repo's modules too.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+# Idle OpenMP threads sleep instead of spinning, so torch's threads do not collapse when another process (an env
+# worker, another job) shares the cores; read when torch loads, so set before any import of it. See
+# docs/PERFORMANCE.md; an explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from dppo.config import ConfigError, register_resolvers, startup_error_line, validate_config  # noqa: E402
 from dppo.distributed import world_size  # noqa: E402
