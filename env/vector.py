@@ -6,6 +6,7 @@ what gymnasium lacks: counting simulator failures (see `SimulatorGuard`) and
 rebuilding the vector env when a worker process dies.
 """
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -76,24 +77,21 @@ def _copy_obs(obs: dict) -> dict:
     return {key: np.array(value) for key, value in obs.items()}
 
 
+def cat_samples(parts: list) -> torch.Tensor | dict:
+    """Consecutive groups of samples (n_g, ...) -> (sum n_g, ...), for tensors or dicts of tensors."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], dict):
+        return {key: cat_samples([part[key] for part in parts]) for key in parts[0]}
+    return torch.cat(parts)
+
+
 def concat_steps(steps: list[VectorStep]) -> VectorStep:
     """The VectorSteps of consecutive groups of envs -> one VectorStep of all of them (env order kept)."""
     if len(steps) == 1:
         return steps[0]
-
-    def cat(values):
-        if isinstance(values[0], dict):
-            return {key: torch.cat([value[key] for value in values]) for key in values[0]}
-        return torch.cat(values)
-
-    success = [step.success for step in steps]
-    return VectorStep(
-        obs=cat([step.obs for step in steps]), reward=cat([step.reward for step in steps]),
-        terminated=cat([step.terminated for step in steps]), truncated=cat([step.truncated for step in steps]),
-        final_obs=cat([step.final_obs for step in steps]), n_executed=cat([step.n_executed for step in steps]),
-        sim_errors=cat([step.sim_errors for step in steps]), cut=cat([step.cut for step in steps]),
-        success=None if success[0] is None else cat(success),
-    )
+    values = {field.name: [getattr(step, field.name) for step in steps] for field in dataclasses.fields(VectorStep)}
+    return VectorStep(**{name: None if parts[0] is None else cat_samples(parts) for name, parts in values.items()})
 
 
 def env_groups(num_envs: int, n_groups: int) -> list[slice]:

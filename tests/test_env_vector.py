@@ -255,3 +255,28 @@ def test_locomotion_statistics_have_no_success_rate():
     finally:
         envs.close()
     assert [e.success for e in episodes] == [None, None] and "success_rate" not in summarize(episodes)
+
+
+def test_two_async_groups_step_apart_and_a_dead_worker_cuts_only_its_group():
+    """n_groups=2: step_async / step_wait per group give the same shapes as `step`, and a killed worker rebuilds
+    only its own group: that group's episodes end truncated and cut, the other group's go on."""
+    envs = make_vector_env("gym", "Hopper-v5", n_envs=3, n_obs_steps=1, n_action_steps=2, asynchronous=True,
+                           n_groups=2)
+    try:
+        assert envs.groups == [slice(0, 2), slice(2, 3)]
+        envs.reset(seed=0)
+        envs.step_async(0, torch.zeros(2, 2, 3))
+        envs.step_async(1, torch.zeros(1, 2, 3))
+        first, second = envs.step_wait(0), envs.step_wait(1)
+        assert first.obs["state"].shape == (2, 1, 11) and second.obs["state"].shape == (1, 1, 11)
+        assert first.n_executed.tolist() == [2, 2] and second.n_executed.tolist() == [2]
+
+        os.kill(envs._envs[1].processes[0].pid, signal.SIGKILL)
+        envs._envs[1].processes[0].join()
+        step = envs.step(torch.zeros(3, 2, 3))
+        assert envs.n_worker_restarts == 1
+        assert step.cut.tolist() == [False, False, True] and step.truncated.tolist() == [False, False, True]
+        assert step.n_executed.tolist() == [2, 2, 0]
+        assert envs.step(torch.zeros(3, 2, 3)).n_executed.tolist() == [2, 2, 2]
+    finally:
+        envs.close()

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from agent.eval.rollout import run_episodes
 from agent.finetune.episodes import EpisodeTracker, summarize
 from agent.finetune.replay import ReplayBuffer
-from agent.finetune.rollout import Rollout, cat_samples, index_samples, stack_steps
+from agent.finetune.rollout import Rollout, index_samples, stack_steps
 from dppo.checkpoint import (
     checkpoint_path,
     last_checkpoint_path,
@@ -41,7 +41,7 @@ from dppo.divergence import check_finite
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from dppo.schedulers import RunningRewardScaler, WarmupCosineLR
-from env.vector import concat_steps, make_task_vector_env
+from env.vector import cat_samples, concat_steps, make_task_vector_env
 
 EVAL_SEED_OFFSET = 1_000_000
 

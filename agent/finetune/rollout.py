@@ -54,15 +54,6 @@ def flatten_steps(x: torch.Tensor | dict) -> torch.Tensor | dict:
     return x.reshape(-1, *x.shape[2:])
 
 
-def cat_samples(parts: list) -> torch.Tensor | dict:
-    """Consecutive groups of samples (n_g, ...) -> (sum n_g, ...), for tensors or dicts of tensors."""
-    if len(parts) == 1:
-        return parts[0]
-    if isinstance(parts[0], dict):
-        return {key: cat_samples([part[key] for part in parts]) for key in parts[0]}
-    return torch.cat(parts)
-
-
 def index_samples(x: torch.Tensor | dict, idx: torch.Tensor) -> torch.Tensor | dict:
     """x[idx] for a tensor or each tensor of a dict (idx: an index tensor or a slice)."""
     if isinstance(x, dict):
