@@ -184,6 +184,9 @@ class TorchVectorEnv:
             self.step_async(g, actions[group])
         return concat_steps([self.step_wait(g) for g in range(len(self.groups))])
 
+    def _group_size(self, g: int) -> int:
+        return self.groups[g].stop - self.groups[g].start
+
     def _checked_actions(self, actions: torch.Tensor | np.ndarray, n_envs: int) -> np.ndarray:
         if isinstance(actions, torch.Tensor):
             actions = actions.detach().cpu().numpy()
@@ -197,7 +200,7 @@ class TorchVectorEnv:
         """Start stepping group g with actions (group size, act_steps, Da); `step_wait(g)` returns the result."""
         if self._obs[g] is None:
             raise RuntimeError("TorchVectorEnv.step called before reset(): call reset() first.")
-        actions = self._checked_actions(actions, self.groups[g].stop - self.groups[g].start)
+        actions = self._checked_actions(actions, self._group_size(g))
         self._pending[g] = actions
         if self.asynchronous:
             try:
@@ -210,7 +213,7 @@ class TorchVectorEnv:
         pending, self._pending[g] = self._pending[g], None
         if pending is None:
             raise RuntimeError(f"step_wait({g}) without step_async({g}).")
-        env, n_envs = self._envs[g], self.groups[g].stop - self.groups[g].start
+        env, n_envs = self._envs[g], self._group_size(g)
         try:
             if isinstance(pending, Exception):
                 raise pending
@@ -244,8 +247,7 @@ class TorchVectorEnv:
         final_obs = self._obs[g]
         obs, _ = self._envs[g].reset()
         self._obs[g] = _copy_obs(obs)
-        n_envs = self.groups[g].stop - self.groups[g].start
-        zeros, ones = np.zeros(n_envs), np.ones(n_envs)
+        zeros, ones = np.zeros(self._group_size(g)), np.ones(self._group_size(g))
         return self._vector_step(self._obs[g], zeros, zeros, ones, final_obs, zeros, zeros, restarted=True)
 
     @staticmethod

@@ -132,8 +132,9 @@ class DiffusionModel(ChunkPolicy):
         The sampler encodes once per chunk and passes each step as an int, so the schedule's coefficients
         are 0-dim values and the network embeds the step once instead of once per row.
         """
-        t = self.timestep_values[k] if isinstance(k, int) else self.timesteps[k]  # DDPM step(s): int or (B,)
-        x0 = self.predict_x0(x, t, network.denoise(x, self.timesteps[k], features))
+        t_network = self.timesteps[k]  # 0-dim for an int k, else (B,)
+        t = self.timestep_values[k] if isinstance(k, int) else t_network  # the schedule's index: int or (B,)
+        x0 = self.predict_x0(x, t, network.denoise(x, t_network, features))
         if not self.use_ddim:
             return self.q_posterior(x0, x, t)
         alpha = _per_sample(self.ddim_alphas, k)
