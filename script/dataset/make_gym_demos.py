@@ -119,6 +119,42 @@ def roll_out(model, venv, env_id: str, n_transitions: int, seed: int) -> dict:
     }
 
 
+def library_versions() -> dict:
+    """The versions of the libraries an expert's training runs on, as metadata.json records them."""
+    import mujoco
+    import stable_baselines3
+
+    return {
+        "python": sys.version.split()[0],
+        "gymnasium": gym.__version__,
+        "mujoco": mujoco.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def warn_if_made_with_other_versions(out_dir: str, versions: dict) -> None:
+    """Warn loudly when `out_dir` already holds a dataset whose metadata.json records other library versions.
+
+    An expert's training is chaotic: another numpy version alone sends it down another path (Walker2d, seed 0: numpy
+    1.26.4 and 2.4.6 give other training returns from the first 20k steps on), so the remade dataset, its
+    normalization and any policy pre-trained on it will not match the existing ones.
+    """
+    metadata_path = os.path.join(out_dir, "metadata.json")
+    if not os.path.exists(metadata_path):
+        return
+    with open(metadata_path) as f:
+        recorded = json.load(f).get("versions", {})
+    differences = [f"{name} {recorded[name]} (here {version})" for name, version in versions.items()
+                   if name in recorded and recorded[name] != version]
+    if differences:
+        print(f"*** WARNING: {metadata_path} was made with {', '.join(differences)}. An expert's training is chaotic: "
+              "this run will not reproduce that dataset, its normalization or the policies pre-trained on it. Install "
+              "those versions (e.g. in a venv with --system-site-packages) to remake it exactly. ***",
+              file=sys.stderr, flush=True)
+
+
 EXPERT_ALGOS = ("PPO", "SAC", "TD3")
 
 
@@ -163,6 +199,8 @@ def main():
     target = demo_cfg.get("target_return")
     torch.set_num_threads(1)
     out_dir = args.out_dir or task_cfg.dataset_dir
+    versions = library_versions()
+    warn_if_made_with_other_versions(out_dir, versions)
 
     start = time.time()
     model, venv, steps, recent = train_expert(env_id, args.algo, args.expert_hparams, target, args.max_expert_steps,
@@ -179,9 +217,6 @@ def main():
 
     data = roll_out(model, venv, env_id, args.n_transitions, seed=args.seed + 10_000)
 
-    import mujoco
-    import stable_baselines3
-
     metadata = {
         "task": args.task,
         "env_id": env_id,
@@ -197,14 +232,7 @@ def main():
         },
         "rollout": "stochastic policy actions (deterministic=False), clipped to the action space",
         "seed": args.seed,
-        "versions": {
-            "python": sys.version.split()[0],
-            "gymnasium": gym.__version__,
-            "mujoco": mujoco.__version__,
-            "stable_baselines3": stable_baselines3.__version__,
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-        },
+        "versions": versions,
         **provenance(__file__, sys.argv[1:]),
     }
     write_dataset(out_dir, data, metadata)
