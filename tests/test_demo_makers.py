@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,8 +36,6 @@ def test_warns_when_the_existing_dataset_was_made_with_other_versions(tmp_path):
          "--out-dir", str(out_dir)],
         cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    import numpy
-
     warning, too_weak = result.stderr.strip().split("\n\n")  # the warning comes first, before the expert trains
     assert warning.startswith(f"*** WARNING: {out_dir / 'metadata.json'} was made with numpy 0.1.0 (here "
                               f"{numpy.__version__}).")
