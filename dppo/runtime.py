@@ -74,14 +74,21 @@ def prepare_run_dir(logdir: str, cfg: DictConfig) -> str:
     return logdir
 
 
-def software_versions() -> dict:
-    """Python, key packages and the project's git commit, so a run can be reproduced."""
-    versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in VERSIONED_PACKAGES:
+def package_versions(packages: tuple[str, ...]) -> dict:
+    """{"python": version, package: installed version, or None when it is not installed}, keyed as `packages` names
+    them."""
+    versions = {"python": platform.python_version()}
+    for package in packages:
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
+    return versions
+
+
+def software_versions() -> dict:
+    """Python, the platform, key packages and the project's git commit, so a run can be reproduced."""
+    versions = {**package_versions(VERSIONED_PACKAGES), "platform": platform.platform()}
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from agent.dataset.writer import provenance, summarize, write_dataset
 from dppo.config import ConfigError, load_task_config, task_names
+from dppo.runtime import package_versions
 
 
 class ExpertProgress:
@@ -119,19 +120,8 @@ def roll_out(model, venv, env_id: str, n_transitions: int, seed: int) -> dict:
     }
 
 
-def library_versions() -> dict:
-    """The versions of the libraries an expert's training runs on, as metadata.json records them."""
-    import mujoco
-    import stable_baselines3
-
-    return {
-        "python": sys.version.split()[0],
-        "gymnasium": gym.__version__,
-        "mujoco": mujoco.__version__,
-        "stable_baselines3": stable_baselines3.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-    }
+# The libraries an expert's training runs on, as metadata.json records their versions.
+EXPERT_PACKAGES = ("gymnasium", "mujoco", "stable_baselines3", "torch", "numpy")
 
 
 def warn_if_made_with_other_versions(out_dir: str, versions: dict) -> None:
@@ -199,7 +189,7 @@ def main():
     target = demo_cfg.get("target_return")
     torch.set_num_threads(1)
     out_dir = args.out_dir or task_cfg.dataset_dir
-    versions = library_versions()
+    versions = package_versions(EXPERT_PACKAGES)
     warn_if_made_with_other_versions(out_dir, versions)
 
     start = time.time()
