@@ -67,14 +67,14 @@ def shard(indices: torch.Tensor, rank: Rank) -> torch.Tensor:
 
 
 class ModelLoss(nn.Module):
-    """`model.loss(actions, cond)` as a forward pass, which is what DistributedDataParallel synchronizes."""
+    """`model.bc_loss(actions, cond)` as a forward pass, which is what DistributedDataParallel synchronizes."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, actions: torch.Tensor, cond: dict) -> torch.Tensor:
-        return self.model.loss(actions, cond)
+        return self.model.bc_loss(actions, cond)
 
 
 def data_parallel_loss(model: nn.Module, rank: Rank) -> nn.Module:

@@ -55,7 +55,7 @@ TINY = {
     "sampling_envs": (2, 4),
     "repeats": 2,
     "update_repeats": 2,
-    "overrides": ["model.network.mlp_dims=[32,32,32]", "model.critic.mlp_dims=[32,32,32]", "base_policy_path=null",
+    "overrides": ["model.network.mlp_dims=[32,32,32]", "critic.mlp_dims=[32,32,32]", "base_policy_path=null",
                   "env.n_envs=2", "env.asynchronous=false", "train.n_steps=3", "train.batch_size=4",
                   "train.update_epochs=1", "denoising_steps=6", "ft_denoising_steps=3"],
 }
@@ -171,7 +171,7 @@ def bench_update(agent: PPOAgent, repeats: int, device: str) -> dict:
     with torch.no_grad():
         log_prob_seconds = median_seconds(lambda: model.log_probs(data[0], data[1]), repeats, device)
     update_seconds = median_seconds(lambda: agent.minibatch_update(*data), repeats, device)
-    shapes = linear_shapes(model.actor_ft, terms) + linear_shapes(model.critic, batch)
+    shapes = linear_shapes(model.actor_ft, terms) + linear_shapes(agent.critic, batch)
     roofline_seconds = matmul_seconds(shapes, repeats, device)
     return {
         "minibatch_samples": batch,
@@ -207,7 +207,7 @@ def bench_iteration(agent: PPOAgent, device: str) -> dict:
         clock.wrap(agent.venv, method, "env_wait")
     clock.wrap(agent.model, "explore", "sampling")
     clock.wrap(agent.model, "log_probs", "old_log_probs")  # inside the loss it counts as loss_forward
-    clock.wrap(agent.model, "normalized_loss", "loss_forward")
+    clock.wrap(agent.model, "log_probs_and_entropy", "loss_forward")  # the policy's forward inside the PPO loss
     obs = agent.reset_envs()
     synchronize(device)
     start = time.perf_counter()

@@ -19,7 +19,7 @@ TINY_MODEL = [
     "wandb=null",
     "device=cpu",
 ]
-TINY_CRITIC = ["model.critic.mlp_dims=[32,32,32]"]
+TINY_CRITIC = ["critic.mlp_dims=[32,32,32]"]
 
 
 def write_hopper_dataset(directory, n_episodes=4, length=30, seed=0):

@@ -345,7 +345,7 @@ def test_training_reduces_denoising_loss_tenfold():
     batch_actions = actions.repeat(32, 1, 1)
     batch_cond = {"state": cond["state"].repeat(32, 1, 1)}
     for _ in range(200):
-        loss = model.loss(batch_actions, batch_cond)
+        loss = model.bc_loss(batch_actions, batch_cond)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -21,24 +21,24 @@ COMMON = ["env.n_envs=8", "train.n_steps=16", f"train.n_train_itr={N_ITR}", f"tr
           "train.actor_lr=1e-3", "train.actor_lr_scheduler.warmup_steps=0",
           "train.critic_lr_scheduler.warmup_steps=0"]
 ALGORITHMS = {
-    "ft_ppo_diffusion_mlp": ["denoising_steps=5", "ft_denoising_steps=5", "train.batch_size=64", "model.clip_ploss_coef=0.1",
-                             "model.clip_ploss_coef_base=0.1", "model.critic.mlp_dims=[32,32,32]"],
-    "ft_ppo_gaussian_mlp": ["train.batch_size=64", "train.update_epochs=5", "model.clip_ploss_coef=0.1",
-                            "model.critic.mlp_dims=[32,32,32]"],
-    "ft_ppo_flow_mlp": ["train.batch_size=64", "model.clip_ploss_coef=0.1", "model.critic.mlp_dims=[32,32,32]",
+    "ft_ppo_diffusion_mlp": ["denoising_steps=5", "ft_denoising_steps=5", "train.batch_size=64", "train.clip_ploss_coef=0.1",
+                             "train.clip_ploss_coef_base=0.1", "critic.mlp_dims=[32,32,32]"],
+    "ft_ppo_gaussian_mlp": ["train.batch_size=64", "train.update_epochs=5", "train.clip_ploss_coef=0.1",
+                            "critic.mlp_dims=[32,32,32]"],
+    "ft_ppo_flow_mlp": ["train.batch_size=64", "train.clip_ploss_coef=0.1", "critic.mlp_dims=[32,32,32]",
                         "model.noise_network.mlp_dims=[16,16,16]"],
     "ft_rwr_diffusion_mlp": ["denoising_steps=5", "train.batch_size=64", "train.update_epochs=4"],
     "ft_awr_diffusion_mlp": ["denoising_steps=5", "train.buffer_size=32", "train.batch_size=64", "train.replay_ratio=8",
-                             "train.critic_update_ratio=1", "model.critic.mlp_dims=[32,32,32]"],
+                             "train.critic_update_ratio=1", "critic.mlp_dims=[32,32,32]"],
     # one-step returns are ~1, so rewards stay unscaled: Hopper's discounted returns at scale 0.01 are ~1-3 too
     "ft_dql_diffusion_mlp": ["denoising_steps=5", "train.reward_scale_const=1", "train.actor_lr=3e-4",
                              "train.buffer_size=32", "train.batch_size=64", "train.replay_ratio=8",
-                             "train.n_critic_warmup_itr=1", "model.critic.mlp_dims=[32,32,32]"],
+                             "train.n_critic_warmup_itr=1", "critic.mlp_dims=[32,32,32]"],
     # IDQL improves only through the candidates its implicit policy picks for the replay: slower
     "ft_idql_diffusion_mlp": ["denoising_steps=5", "train.reward_scale_const=1", "train.n_train_itr=16",
                               "train.val_freq=16", "train.buffer_size=32", "train.batch_size=64", "train.replay_ratio=16",
                               "train.n_critic_warmup_itr=1", "train.critic_tau=0.05",
-                              "model.critic_q.mlp_dims=[32,32,32]", "model.critic_v.mlp_dims=[32,32,32]"],
+                              "critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]"],
 }
 
 

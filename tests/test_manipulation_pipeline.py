@@ -101,7 +101,7 @@ def test_lift_from_pixels_pretrain_and_finetune_with_vit(tmp_path):
         f"export_policy_path={dataset_dir}/pretrained/diffusion_mlp_img.pt",
     ])
     rows = finetune_manipulation("ft_ppo_diffusion_mlp_img", "lift_img", dataset_dir, tmp_path / "ft", tiny_vit + [
-        "env.kwargs.cpu_render=true", "model.critic.obs_encoder.embed_dim=32", "model.critic.obs_encoder.spatial_emb=16",
+        "env.kwargs.cpu_render=true", "critic.obs_encoder.embed_dim=32", "critic.obs_encoder.spatial_emb=16",
         "train.n_eval_episodes=2"])
     train = [row for row in rows if "train/pg_loss" in row]
     assert len(train) == 1 and np.isfinite(train[0]["train/pg_loss"]) and train[0]["train/env_steps"] == 32

@@ -77,7 +77,7 @@ def test_chunks_that_normalized_their_own_advantages_would_differ(pretrained, tm
     out.pg_loss.backward()
     per_chunk = 0
     for chunk in (slice(0, 15), slice(15, 30)):
-        part = model.loss({"state": obs["state"][chunk]}, {"chains": stored["chains"][chunk]}, returns[chunk],
+        part = model.bc_loss({"state": obs["state"][chunk]}, {"chains": stored["chains"][chunk]}, returns[chunk],
                           values[chunk], advantages[chunk], old_log_probs[chunk])
         per_chunk = per_chunk + 0.5 * part.pg_loss
     per_chunk.backward()

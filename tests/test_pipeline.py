@@ -87,11 +87,11 @@ def test_finetuning_two_iterations(pretrained, tmp_path):
 
 @pytest.mark.parametrize("config_name, extra", [
     ("ft_rwr_diffusion_mlp", ["train.batch_size=4"]),
-    ("ft_awr_diffusion_mlp", ["train.buffer_size=8", "train.replay_ratio=2", "model.critic.mlp_dims=[32,32,32]"]),
+    ("ft_awr_diffusion_mlp", ["train.buffer_size=8", "train.replay_ratio=2", "critic.mlp_dims=[32,32,32]"]),
     ("ft_dql_diffusion_mlp", ["train.buffer_size=8", "train.replay_ratio=2", "train.n_critic_warmup_itr=1",
-                              "model.critic.mlp_dims=[32,32,32]"]),
+                              "critic.mlp_dims=[32,32,32]"]),
     ("ft_idql_diffusion_mlp", ["train.buffer_size=8", "train.replay_ratio=2", "train.n_critic_warmup_itr=1",
-                               "model.critic_q.mlp_dims=[32,32,32]", "model.critic_v.mlp_dims=[32,32,32]"]),
+                               "critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]"]),
 ])
 def test_baseline_finetuning_two_iterations_on_hopper(pretrained, tmp_path, config_name, extra):
     dataset_dir, _ = pretrained

@@ -146,7 +146,7 @@ def rollout_batch(model, batch=6):
 def test_loss_on_fresh_chains_has_unit_ratio():
     model = make_ppo()
     cond, chains, returns, old_values, advantages, old_log_probs = rollout_batch(model)
-    out = model.loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs)
+    out = model.bc_loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs)
     assert out.ratio == 1.0 and out.approx_kl == 0.0 and out.clipfrac == 0.0
     adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     expected_pg = -(adv[:, None] * model.denoising_discounts()[None, :]).mean()
@@ -160,7 +160,7 @@ def test_loss_clipping_kl_and_clipfrac_for_known_ratios():
     # clip coefficients are about [0.001, 0.0018, 0.0040, 0.01]; these log-ratios sit clearly inside or outside
     choices = torch.tensor([0.0003, -0.0003, 0.0025, -0.0025, 0.006, -0.006, 0.05, -0.05])
     log_ratio = choices[torch.arange(6 * K_FT) % len(choices)].view(6, K_FT).double()
-    out = model.loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs - log_ratio.float())
+    out = model.bc_loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs - log_ratio.float())
 
     ratio = log_ratio.exp()
     clip = model.clip_coefficients().double()[None, :]
@@ -181,7 +181,7 @@ def test_pg_step_moves_log_prob_with_advantage(sign):
     cond, chains, returns, old_values, _, old_log_probs = rollout_batch(model, batch=3)
     advantages = torch.tensor([sign, 0.0, 0.0])
     optimizer = torch.optim.SGD(model.actor_ft.parameters(), lr=1e-3)
-    out = model.loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs)
+    out = model.bc_loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs)
     optimizer.zero_grad()
     out.pg_loss.backward()
     assert all(p.grad is None for p in model.network.parameters()), "the frozen network gets no gradient"
@@ -199,24 +199,24 @@ def test_value_loss_plain_and_clipped_with_old_values():
         values = model.critic(cond)
     returns = values - 0.5
     old_values = values + 1.0
-    plain = model.loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs).v_loss
+    plain = model.bc_loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs).v_loss
     assert plain.item() == pytest.approx(0.5 * 0.25, rel=1e-5)
     random_returns = torch.randn(6, generator=torch.Generator().manual_seed(5))
-    plain = model.loss(cond, {"chains": chains}, random_returns, old_values, advantages, old_log_probs).v_loss
+    plain = model.bc_loss(cond, {"chains": chains}, random_returns, old_values, advantages, old_log_probs).v_loss
     torch.testing.assert_close(plain, 0.5 * ((values - random_returns) ** 2).mean())
 
     clipped_model = make_ppo(clip_vloss_coef=0.1)
-    clipped = clipped_model.loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs).v_loss
+    clipped = clipped_model.bc_loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs).v_loss
     # V - old = -1 is clipped to -0.1: the clipped value is old - 0.1 = V + 0.9, 1.4 away from the return
     assert clipped.item() == pytest.approx(0.5 * 1.4**2, rel=1e-5)
-    same_old = clipped_model.loss(cond, {"chains": chains}, returns, values, advantages, old_log_probs).v_loss
+    same_old = clipped_model.bc_loss(cond, {"chains": chains}, returns, values, advantages, old_log_probs).v_loss
     assert same_old.item() == pytest.approx(0.5 * 0.25, rel=1e-5)
 
 
 def test_bc_loss_is_differentiable_in_actor_ft():
     model = make_ppo()
     cond, chains, returns, old_values, advantages, old_log_probs = rollout_batch(model, batch=3)
-    out = model.loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs, use_bc_loss=True)
+    out = model.bc_loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs, use_bc_loss=True)
     assert torch.isfinite(out.bc_loss) and out.bc_loss.requires_grad
 
 

@@ -75,7 +75,7 @@ def test_gaussian_ppo_log_probs_and_loss_against_torch_distributions():
     model.critic = FixedV(0.0)
     old_log_probs = expected.detach() - torch.tensor([0.5, -0.5, 0.01, 0.0])  # ratios e^0.5, e^-0.5, e^0.01, 1
     advantages = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    out = model.loss(cond, stored, torch.zeros(4), torch.zeros(4), advantages, old_log_probs)
+    out = model.bc_loss(cond, stored, torch.zeros(4), torch.zeros(4), advantages, old_log_probs)
     adv = normalize_advantages(advantages)
     ratio = torch.tensor([0.5, -0.5, 0.01, 0.0]).exp()
     want = torch.max(-adv * ratio, -adv * ratio.clamp(0.9, 1.1)).mean()

@@ -83,7 +83,7 @@ def pretrain_toy_policy(directory, kind: str, steps: int = 400, seed: int = 0) -
     cond = {"state": torch.zeros(256, 1, OBS_DIM)}
     for step in range(steps):
         idx = torch.randint(len(actions), (256,))
-        loss = model.loss(actions[idx], cond)
+        loss = model.bc_loss(actions[idx], cond)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -4,8 +4,8 @@ Works with every checkpoint the project writes; each carries the config of its m
 - `policy.pt` of pre-training (EMA denoiser weights + `model_config`),
 - `state_<epoch>.pt` of pre-training (its EMA weights are evaluated),
 - `state_<itr>.pt` / `last.pt` of fine-tuning (the whole fine-tuned model).
-The policy acts as its algorithm does: `model.act` when deterministic (IDQL: the best of its
-candidates by Q), `model.explore` otherwise.
+The policy acts as its algorithm does: `act` when deterministic (IDQL: the best of its
+candidates by Q), `explore` otherwise.
 """
 
 import json
@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agent.eval.rollout import run_episodes
 from agent.finetune.episodes import summarize
+from agent.finetune.base import CHECKPOINT_FORMAT
 from dppo.checkpoint import load_checkpoint, load_state_dict_checked
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
@@ -24,12 +25,18 @@ from model.common.pretrained import denoiser_weights
 
 
 def load_policy(path: str, device: str, overrides: DictConfig | dict | None = None):
-    """Model of a checkpoint, built from the checkpoint's own model config (with `overrides` merged in,
-    e.g. {"inference_steps": 1} for a flow policy), with its weights loaded."""
+    """The actor of a checkpoint and its model config: the policy built from the checkpoint's own model config
+    (with `overrides` merged in, e.g. {"inference_steps": 1} for a flow policy) with its weights loaded; for a
+    fine-tuning checkpoint, as its algorithm acts (`evaluation_actor`: IDQL chooses among candidates by Q)."""
     state = load_checkpoint(path)
+    finetuned = "model_config" not in state and "config" in state and "model" in state["config"]
     if "model_config" in state:
         model_cfg = state["model_config"]
-    elif "config" in state and "model" in state["config"]:
+    elif finetuned:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is a fine-tuning checkpoint of format {state.get('format', 1)}, written before "
+                             f"policies and algorithms were split; this code reads format {CHECKPOINT_FORMAT}: "
+                             "evaluate it with the code that wrote it, or fine-tune anew.")
         model_cfg = state["config"]["model"]
     else:
         raise ValueError(f"Checkpoint {path} carries no model config: evaluate a checkpoint written by this project.")
@@ -38,12 +45,13 @@ def load_policy(path: str, device: str, overrides: DictConfig | dict | None = No
     if "network_path" in model_cfg:
         model_cfg.network_path = None  # the checkpoint holds every weight
     model = hydra.utils.instantiate(model_cfg)
-    weights = denoiser_weights(state)
-    if weights is not None:
-        load_state_dict_checked(model.network, weights, what=path)
-    else:
-        load_state_dict_checked(model, state["model"], what=path)
-    return model.eval(), model_cfg
+    if not finetuned:
+        load_state_dict_checked(model.network, denoiser_weights(state), what=path)
+        return model.eval(), model_cfg
+    load_state_dict_checked(model, state["modules"]["model"], what=path)
+    run_cfg = OmegaConf.create(state["config"])
+    agent_class = hydra.utils.get_class(run_cfg._target_)
+    return agent_class.evaluation_actor(model.eval(), run_cfg, state["modules"], device), model_cfg
 
 
 class EvalAgent:

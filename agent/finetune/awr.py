@@ -1,13 +1,15 @@
-"""DAWR: advantage-weighted regression of a diffusion policy, with replay.
+"""DAWR: advantage-weighted regression of a policy (any policy with a BC loss), with replay.
 
 Each iteration the rollout joins a replay buffer of the last `buffer_size`
 chunk-steps per env (rewards scaled by `reward_scale_const`). With
 G = new samples / batch_size * replay_ratio gradient steps:
-1. V's targets are the TD(lambda) returns over the buffer (per env, in time order)
-   under the current V; G / critic_update_ratio critic steps regress V on them.
+1. V's targets are the TD(lambda) returns over the buffer (per env, in time order, restarting at
+   episode ends, at episode starts and around cut steps) under the current V;
+   G / critic_update_ratio critic steps regress V on them.
 2. Advantages = TD(lambda) return - V under the updated critic; G actor steps on
    random batches: advantages standardized per batch, weights
-   w = min(exp(beta * A), max_adv_weight), diffusion loss of the replayed chunks weighted by w.
+   w = min(exp(beta * A), max_adv_weight), BC loss of the replayed chunks weighted by w.
+Cut steps (worker restarts, simulator failures) are never drawn.
 """
 
 import torch
@@ -15,9 +17,9 @@ from omegaconf import DictConfig
 
 from agent.finetune.base import FinetuneAgent, mean_metrics
 from agent.finetune.replay import replay_gradient_steps
-from agent.finetune.returns import gae_from_critic
+from agent.finetune.returns import gae_from_critic, segment_ends
 from agent.finetune.rollout import Rollout, flatten_steps, index_samples
-from model.rl.weighted_regression import exponential_weights, standardize
+from model.rl.weighted_regression import exponential_weights, standardize, value_regression_loss
 
 
 class AWRAgent(FinetuneAgent):
@@ -25,15 +27,17 @@ class AWRAgent(FinetuneAgent):
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
-        self.actor_optimizer = self.add_optimizer("actor", self.model.network.parameters(), role="actor")
-        self.critic_optimizer = self.add_optimizer("critic", self.model.critic.parameters(), role="critic")
+        self.critic = self.build_critic("critic")
+        self.actor_optimizer = self.add_optimizer("actor", self.model.actor_parameters(), role="actor")
+        self.critic_optimizer = self.add_optimizer("critic", self.critic.parameters(), role="critic")
         self.start()
 
     def td_lambda(self, data: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(TD(lambda) returns, V(s)) over the replay, both flattened to (S * N,)."""
+        """(TD(lambda) returns, V(s)) over the replay's fields (S, N, ...), both flattened to (S * N,)."""
         train = self.cfg.train
-        advantages, values = gae_from_critic(self.model.critic, data["obs"], data["next_obs"], data["rewards"],
-                                             data["terminated"], data["ends"], train.gamma, train.gae_lambda,
+        breaks = segment_ends(data["ends"], data["firsts"], data["cut"])
+        advantages, values = gae_from_critic(self.critic, data["obs"], data["next_obs"], data["rewards"],
+                                             data["terminated"], breaks, train.gamma, train.gae_lambda,
                                              train.batch_size)
         return (advantages + values).reshape(-1), values.reshape(-1)
 
@@ -41,25 +45,26 @@ class AWRAgent(FinetuneAgent):
         train, model = self.cfg.train, self.model
         gradient_steps = replay_gradient_steps(rollout.n_steps * rollout.n_envs, train.batch_size, train.replay_ratio)
         data = self.replay.ordered()
-        obs, actions = flatten_steps(data["obs"]), flatten_steps(data["actions"])
+        valid = ~flatten_steps(data["cut"])  # cut steps never happened: never drawn
+        obs, actions = index_samples(flatten_steps(data["obs"]), valid), flatten_steps(data["actions"])[valid]
         n_samples = actions.shape[0]
         history = {"critic_loss": [], "actor_loss": []}
 
-        targets, _ = self.td_lambda(data)
+        targets = self.td_lambda(data)[0][valid]
         for _ in range(gradient_steps // train.critic_update_ratio):
             idx = torch.randint(n_samples, (train.batch_size,), device=self.device)
-            critic_loss = model.critic_loss(index_samples(obs, idx), targets[idx])
+            critic_loss = value_regression_loss(self.critic(index_samples(obs, idx)), targets[idx])
             self.critic_optimizer.zero_grad()
             critic_loss.backward()
             self.critic_optimizer.step()
             history["critic_loss"].append(critic_loss.item())
 
         targets, values = self.td_lambda(data)
-        advantages = targets - values
+        advantages = (targets - values)[valid]
         for _ in range(gradient_steps):
             idx = torch.randint(n_samples, (train.batch_size,), device=self.device)
             weights = exponential_weights(standardize(advantages[idx]), train.beta, train.max_adv_weight)
-            actor_loss = (model.per_sample_loss(actions[idx], index_samples(obs, idx)) * weights).mean()
+            actor_loss = (model.per_sample_bc_loss(actions[idx], index_samples(obs, idx)) * weights).mean()
             self.actor_optimizer.zero_grad()
             actor_loss.backward()
             self.actor_step(self.actor_optimizer)

@@ -6,12 +6,15 @@ rewards once for the whole rollout, append it to the replay buffer when the
 algorithm has one, call the algorithm's `update`, then log, evaluate every
 `val_freq` iterations and checkpoint. Resuming restores all of it.
 
-An algorithm is a subclass that builds its optimizers in `__init__` (with
-`add_optimizer`), ends `__init__` with `self.start()`, and writes `update(rollout)`;
-`off_policy = True` gives it a replay buffer (`self.replay`) that already holds
-the rollout when `update` runs.
-How it acts is its model's: `model.explore(cond) -> (actions, stored)` while
-training and `model.act(cond)` in evaluation.
+An algorithm is a subclass that builds its critics (`build_critic`, from the config's
+critic group) and optimizers (`add_optimizer`) in `__init__`, ends `__init__` with
+`self.start()`, and writes `update(rollout)`; `off_policy = True` gives it a replay
+buffer (`self.replay`) that already holds the rollout when `update` runs.
+The policy (`self.model`) is any FinetunePolicy (model/common/policy.py). The agent acts
+with `explore(cond) -> (actions, stored)` while training and `act(cond)` in evaluation,
+the policy's own unless the algorithm acts otherwise (IDQL picks among candidates by Q).
+Checkpoints hold every nn.Module attribute of the agent (the policy, critics, targets)
+by attribute name, with optimizers, schedules, reward scaling, replay and RNG state.
 """
 
 import os
@@ -21,6 +24,7 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from agent.eval.rollout import run_episodes
 from agent.finetune.episodes import EpisodeTracker, summarize
@@ -36,14 +40,16 @@ from dppo.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from dppo.config import require
+from dppo.config import ConfigError, require
 from dppo.divergence import check_finite
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from dppo.schedulers import RunningRewardScaler, WarmupCosineLR
 from env.vector import cat_samples, concat_steps, make_task_vector_env
+from model.common.policy import FinetunePolicy
 
 EVAL_SEED_OFFSET = 1_000_000
+CHECKPOINT_FORMAT = 2  # 2: modules by attribute name (policy apart from critics); 1: one model with its critics
 
 
 class FinetuneAgent:
@@ -64,6 +70,8 @@ class FinetuneAgent:
             n_groups=2 if cfg.env.get("overlap_rollout") and self.n_envs >= 2 else 1,
         )
         self.model = hydra.utils.instantiate(cfg.model)
+        require(isinstance(self.model, FinetunePolicy),
+                f"{cfg.model._target_} is not a policy that can be fine-tuned (model/common/policy.py FinetunePolicy).")
         train = cfg.train
         self.reward_scaler = RunningRewardScaler(self.n_envs, gamma=train.gamma) if train.reward_scale_running else None
         self.replay = None
@@ -94,6 +102,26 @@ class FinetuneAgent:
     def update(self, rollout: Rollout) -> dict:
         """Train on the iteration's rollout (and the replay buffer, already holding it); return metrics."""
         raise NotImplementedError
+
+    def build_critic(self, key: str) -> nn.Module:
+        """The critic of config entry `key` (critic, critic_q, critic_v: the `critic` config group), on the device."""
+        require(self.cfg.get(key) is not None, f"{type(self).__name__} needs a `{key}` config: add "
+                f"`critic@{key}: <name>` (cfg/critic/) to the defaults list.")
+        return hydra.utils.instantiate(self.cfg[key]).to(self.device)
+
+    def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:
+        """Exploring chunks (B, Ta, Da) and what the rollout stores beside them: the policy's by default."""
+        return self.model.explore(cond)
+
+    def act(self, cond: dict) -> torch.Tensor:
+        """Deterministic chunks (B, Ta, Da) for evaluation: the policy's by default."""
+        return self.model.act(cond)
+
+    @classmethod
+    def evaluation_actor(cls, policy: FinetunePolicy, cfg: DictConfig, modules: dict, device: str):
+        """What evaluates a checkpoint of this algorithm (agent/eval): something with `act` and `explore`, built
+        from the checkpoint's config and module states. The policy itself, unless the algorithm acts otherwise."""
+        return policy
 
     # ---- optimizers ----------------------------------------------------------------------------
     def add_optimizer(self, name: str, parameters, role: str) -> torch.optim.Optimizer:
@@ -135,6 +163,7 @@ class FinetuneAgent:
             self.evaluate_and_log()  # the pre-trained policy
         while self.itr < train.n_train_itr:
             timer = Timer()
+            self.model.set_training_progress(self.itr / train.n_train_itr)
             if obs is None or train.reset_at_iteration:
                 obs = self.reset_envs()
             rollout, obs, rollout_metrics = self.collect_rollout(obs)
@@ -142,7 +171,7 @@ class FinetuneAgent:
             if self.replay is not None:
                 self.replay.add_rollout(rollout)
             metrics = self.update(rollout)
-            check_finite(f"Iteration {self.itr + 1}", metrics, self.model,
+            check_finite(f"Iteration {self.itr + 1}", metrics, nn.ModuleDict(self.checkpointed_modules()),
                          last_good=f"checkpoint/last.pt (iteration {self.itr})" if self.itr else "the pre-trained policy")
             self.step_lr_schedulers()
             update_time = timer.lap()
@@ -185,7 +214,8 @@ class FinetuneAgent:
         (episodes that finished in it, env steps, simulator errors).
         """
         groups = self.venv.groups
-        steps = {key: [] for key in ("obs", "next_obs", "actions", "stored", "rewards", "terminated", "ends", "firsts")}
+        steps = {key: [] for key in ("obs", "next_obs", "actions", "stored", "rewards", "terminated", "ends", "firsts",
+                                     "cut")}
         episodes, env_steps, sim_errors, cut_before = [], 0, 0, self.tracker.n_cut
         launched = [self.launch(g, index_samples(obs, group)) for g, group in enumerate(groups)]
         for t in range(self.cfg.train.n_steps):
@@ -199,7 +229,7 @@ class FinetuneAgent:
             ends = result.terminated | result.truncated
             for key, value in (("obs", step_obs), ("next_obs", result.final_obs), ("actions", actions),
                                ("stored", stored), ("rewards", result.reward), ("terminated", result.terminated),
-                               ("ends", ends), ("firsts", self.next_firsts)):
+                               ("ends", ends), ("firsts", self.next_firsts), ("cut", result.cut & ends)):
                 steps[key].append(value)
             finished = self.tracker.update(result.reward, result.n_executed, ends, result.cut, result.success)
             episodes += [stats for _, stats in finished]
@@ -211,7 +241,8 @@ class FinetuneAgent:
         rollout = Rollout(obs=steps["obs"], next_obs=steps["next_obs"], actions=steps["actions"],
                           stored=steps["stored"], rewards=steps["rewards"],
                           scaled_rewards=self.scale_rewards(steps["rewards"], steps["firsts"]),
-                          terminated=steps["terminated"], ends=steps["ends"], firsts=steps["firsts"])
+                          terminated=steps["terminated"], ends=steps["ends"], firsts=steps["firsts"],
+                          cut=steps["cut"])
         self.env_steps += env_steps
         metrics = summarize(episodes)
         metrics.update({"iteration_env_steps": env_steps, "sim_errors": sim_errors,
@@ -222,7 +253,7 @@ class FinetuneAgent:
         """Sample exploring chunks for env group g's observations {key: (group size, To, ...)} and start stepping
         the group with their first act_steps actions. Returns (obs, actions, stored) of the group."""
         with torch.no_grad():
-            actions, stored = self.model.explore(obs)
+            actions, stored = self.explore(obs)
         self.venv.step_async(g, actions[:, : self.act_steps])
         return obs, actions, stored
 
@@ -257,19 +288,24 @@ class FinetuneAgent:
         train/success_rate is that of the exploring policy). The envs are reset with evaluation seeds first.
         """
         episodes = run_episodes(
-            self.venv, self.model.act,
+            self.venv, self.act,
             n_episodes=self.cfg.train.n_eval_episodes or self.n_envs, act_steps=self.act_steps,
             seed=self.cfg.seed + EVAL_SEED_OFFSET + self.itr * self.n_envs,
         )
         return summarize(episodes)
 
     # ---- checkpoints -------------------------------------------------------------------------
+    def checkpointed_modules(self) -> dict[str, nn.Module]:
+        """Every nn.Module attribute of the agent by name: the policy `model`, critics, target networks."""
+        return {name: value for name, value in vars(self).items() if isinstance(value, nn.Module)}
+
     def save(self) -> None:
         state = {
+            "format": CHECKPOINT_FORMAT,
             "itr": self.itr,
             "env_steps": self.env_steps,
             "wall_time": self.wall_time,
-            "model": self.model.state_dict(),
+            "modules": {name: module.state_dict() for name, module in self.checkpointed_modules().items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "lr_schedulers": {name: sched.state_dict() for name, sched in self.lr_schedulers.items()},
             "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
@@ -283,7 +319,12 @@ class FinetuneAgent:
 
     def load(self, path: str) -> None:
         state = load_checkpoint(path)
-        load_state_dict_checked(self.model, state["model"], what=path)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"{path} was written before policies and algorithms were split (checkpoint format "
+                              f"{state.get('format', 1)}, this code reads {CHECKPOINT_FORMAT}): start a new run from "
+                              "the pre-trained policy instead of resuming it.")
+        for name, module in self.checkpointed_modules().items():
+            load_state_dict_checked(module, state["modules"][name], what=f"{path} ({name})")
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         for name, scheduler in self.lr_schedulers.items():

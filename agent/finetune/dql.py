@@ -1,17 +1,22 @@
-"""DQL: diffusion Q-learning from replay (model/diffusion/diffusion_dql.py).
+"""DQL: diffusion Q-learning from replay (model/rl/dql.py), for any policy with a differentiable sample.
 
 Each iteration the rollout joins the replay buffer (rewards scaled by
 `reward_scale_const`); then G = new samples / batch_size * replay_ratio steps,
 each on a fresh replayed batch: one critic step (double-Q TD), one actor step
-(BC + eta * normalized Q through the differentiable denoising chain; skipped
-during the `n_critic_warmup_itr` first iterations), one Polyak target update.
+(BC + eta * normalized Q through the differentiable sample; skipped during the
+`n_critic_warmup_itr` first iterations), one Polyak target update.
 """
 
+import copy
+
+import torch
 from omegaconf import DictConfig
 
 from agent.finetune.base import FinetuneAgent, mean_metrics
 from agent.finetune.replay import replay_gradient_steps
 from agent.finetune.rollout import Rollout
+from model.rl.dql import dql_actor_loss, dql_critic_loss
+from model.common.critic import soft_update
 
 
 class DQLAgent(FinetuneAgent):
@@ -19,32 +24,42 @@ class DQLAgent(FinetuneAgent):
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
-        self.actor_optimizer = self.add_optimizer("actor", self.model.network.parameters(), role="actor")
-        self.critic_optimizer = self.add_optimizer("critic", self.model.critic.parameters(), role="critic")
+        self.critic = self.build_critic("critic")
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_optimizer = self.add_optimizer("actor", self.model.actor_parameters(), role="actor")
+        self.critic_optimizer = self.add_optimizer("critic", self.critic.parameters(), role="critic")
         self.start()
 
     def update(self, rollout: Rollout) -> dict:
-        train, model = self.cfg.train, self.model
+        train = self.cfg.train
         gradient_steps = replay_gradient_steps(rollout.n_steps * rollout.n_envs, train.batch_size, train.replay_ratio)
-        history = {"critic_loss": [], "actor_loss": [], "bc_loss": [], "q_loss": []}
+        history = {"critic_loss": [], "actor_loss": [], "bc_loss": [], "q_loss": [], "q_gap": [], "actor_grad_norm": []}
         for _ in range(gradient_steps):
             batch = self.replay.sample(train.batch_size)
-            critic_loss = model.critic_loss(batch["obs"], batch["next_obs"], batch["actions"], batch["rewards"],
-                                            batch["terminated"], train.gamma)
+            critic_loss = dql_critic_loss(self.model, self.critic, self.critic_target, batch, train.gamma,
+                                          self.act_steps)
             self.critic_optimizer.zero_grad()
             critic_loss.backward()
             self.critic_optimizer.step()
             history["critic_loss"].append(critic_loss.item())
 
             if self.update_actor:
-                actor_loss, terms = model.actor_loss(batch["obs"], batch["actions"], train.eta)
+                actor_loss, terms = dql_actor_loss(self.model, self.critic, batch, train.eta, self.act_steps,
+                                                   train.bc_on)
                 self.actor_optimizer.zero_grad()
                 actor_loss.backward()
+                history["actor_grad_norm"].append(gradient_norm(self.model.actor_parameters()))
                 self.actor_step(self.actor_optimizer)
                 history["actor_loss"].append(actor_loss.item())
                 for key, value in terms.items():
                     history[key].append(value)
-            model.update_target(train.target_ema_rate)
+            soft_update(self.critic_target, self.critic, train.target_ema_rate)
         metrics = mean_metrics(history)
         metrics["gradient_steps"] = gradient_steps
         return metrics
+
+
+def gradient_norm(parameters) -> float:
+    """L2 norm of the gradients of `parameters` (before any clipping)."""
+    norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
+    return torch.stack(norms).norm().item() if norms else 0.0

@@ -1,24 +1,25 @@
-"""PPO fine-tuning: DPPO (model PPODiffusion), Gaussian PPO (PPOGaussian) and ReinFlow-style flow PPO (PPOFlow).
+"""PPO fine-tuning of any FinetunePolicy: DPPO (diffusion), Gaussian PPO, flow PPO and ReinFlow.
 
 Each iteration: GAE over the rollout's environment steps (one step = one chunk,
 rewards summed, gamma per chunk) with V(s); then `update_epochs` passes of PPO
 over minibatches of environment samples. For DPPO each sample carries its K'
 denoising steps (what `explore` stored: the chain), so one sample gives K'
-PPO terms. The model supplies `log_probs(cond, stored)` and `loss(...)`; the
-clipped-PPO pieces they use live once in model/rl/ppo.py. The old log-probabilities are those
-`explore` kept (stored["log_probs"]) when it kept them, else recomputed after the rollout. With `train.augment_pad` (pixel tasks)
-the rollout's images are randomly shifted once before the update, as the reference does, so old and
-new log-probabilities see the same augmented images.
+PPO terms. The loss is model/rl/ppo.py's, written against the policy surface. The old
+log-probabilities are those `explore` kept (stored["log_probs"]), else recomputed after the
+rollout. With `train.augment_pad` (pixel tasks) the rollout's images are randomly shifted once
+before the update, as the reference does, so old and new log-probabilities see the same images.
+Cut steps (worker restarts, simulator failures) are no samples and no bootstrap.
 """
 
 import torch
 from omegaconf import DictConfig
 
 from agent.finetune.base import FinetuneAgent, explained_variance, mean_metrics
-from agent.finetune.returns import gae_from_critic
+from agent.finetune.returns import gae_from_critic, segment_ends
 from agent.finetune.rollout import Rollout, flatten_steps, index_samples, map_batches
 from dppo.config import require
 from model.common.obs_encoder import shift_images
+from model.rl.ppo import PPOSettings, normalize_advantages, ppo_loss
 
 METRIC_KEYS = ("loss", "pg_loss", "value_loss", "bc_loss", "entropy_loss", "approx_kl", "clipfrac", "ratio")
 
@@ -31,8 +32,16 @@ class PPOAgent(FinetuneAgent):
         require(train.batch_size <= n_samples,
                 f"train.batch_size={train.batch_size} exceeds the {n_samples} samples of an iteration "
                 f"(env.n_envs * train.n_steps): lower train.batch_size or raise train.n_steps.")
+        require(train.ent_coef == 0 or self.model.has_entropy,
+                f"train.ent_coef={train.ent_coef} has no effect on {type(self.model).__name__}: its entropy does not "
+                "depend on the weights (no learned std); set train.ent_coef=0.")
+        require(not train.use_bc_loss or self.model.has_bc_reference,
+                f"train.use_bc_loss needs a policy with a frozen pre-trained copy (diffusion); "
+                f"{type(self.model).__name__} has none: set train.use_bc_loss=false.")
+        self.settings = PPOSettings(**{key: train[key] for key in PPOSettings.__dataclass_fields__ if key in train})
+        self.critic = self.build_critic("critic")
         self.actor_optimizer = self.add_optimizer("actor", self.model.actor_parameters(), role="actor")
-        self.critic_optimizer = self.add_optimizer("critic", self.model.critic.parameters(), role="critic")
+        self.critic_optimizer = self.add_optimizer("critic", self.critic.parameters(), role="critic")
         self.start()
 
     def update(self, rollout: Rollout) -> dict:
@@ -41,14 +50,17 @@ class PPOAgent(FinetuneAgent):
         shift = bool(train.get("augment_pad")) and "rgb" in rollout_obs
         if shift:
             rollout_obs = {**rollout_obs, "rgb": shift_images(rollout_obs["rgb"], train.augment_pad)}
-        advantages, values = gae_from_critic(model.critic, rollout_obs, rollout.next_obs, rollout.scaled_rewards,
-                                             rollout.terminated, rollout.ends, train.gamma, train.gae_lambda,
+        breaks = segment_ends(rollout.ends, rollout.firsts, rollout.cut)
+        advantages, values = gae_from_critic(self.critic, rollout_obs, rollout.next_obs, rollout.scaled_rewards,
+                                             rollout.terminated, breaks, train.gamma, train.gae_lambda,
                                              train.batch_size)
-        returns = (advantages + values).reshape(-1)
-        advantages, values = advantages.reshape(-1), values.reshape(-1)
-        obs, stored = flatten_steps(rollout_obs), flatten_steps(rollout.stored)
+        keep = ~rollout.cut.reshape(-1)  # cut steps never happened: no sample
+        returns = (advantages + values).reshape(-1)[keep]
+        advantages, values = advantages.reshape(-1)[keep], values.reshape(-1)[keep]
+        obs = index_samples(flatten_steps(rollout_obs), keep)
+        stored = index_samples(flatten_steps(rollout.stored), keep)
         n_samples = returns.shape[0]
-        if "log_probs" in stored and not shift:  # what the policy computed while sampling (DPPO, flow PPO)
+        if "log_probs" in stored and not shift:  # what the policy computed while sampling
             old_log_probs = stored["log_probs"]
         else:  # recomputed, also when the images were just shifted: old and new log-probs must see the same ones
             old_log_probs = map_batches(lambda idx: model.log_probs(index_samples(obs, idx), index_samples(stored, idx)),
@@ -83,9 +95,9 @@ class PPOAgent(FinetuneAgent):
         then evaluated on chunks of C samples, each backpropagated with weight C / B, so gradients accumulate to
         those of the whole minibatch while the activations held at once shrink to a chunk's.
         """
-        train, model = self.cfg.train, self.model
+        train = self.cfg.train
         batch = returns.shape[0]
-        advantages = model.normalize_advantages(advantages)
+        advantages = normalize_advantages(advantages, self.settings)
         self.actor_optimizer.zero_grad()
         self.critic_optimizer.zero_grad()
         totals = dict.fromkeys(METRIC_KEYS, 0.0)
@@ -93,9 +105,9 @@ class PPOAgent(FinetuneAgent):
         for start in range(0, batch, chunk_size):
             chunk = slice(start, start + chunk_size)
             weight = (min(start + chunk_size, batch) - start) / batch
-            out = model.normalized_loss(index_samples(obs, chunk), index_samples(stored, chunk), returns[chunk],
-                                        values[chunk], advantages[chunk], old_log_probs[chunk],
-                                        use_bc_loss=train.use_bc_loss)
+            out = ppo_loss(self.model, self.critic, index_samples(obs, chunk), index_samples(stored, chunk),
+                           returns[chunk], values[chunk], advantages[chunk], old_log_probs[chunk], self.settings,
+                           use_bc_loss=train.use_bc_loss)
             loss = (out.pg_loss + train.vf_coef * out.v_loss + train.bc_coef * out.bc_loss
                     + train.ent_coef * out.entropy_loss)
             (weight * loss).backward()

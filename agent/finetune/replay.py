@@ -27,15 +27,18 @@ class ReplayBuffer:
         self.data: dict[str, torch.Tensor] = {}  # flat keys such as "obs/state" -> (capacity, N, ...)
         self.pos = 0  # next row to write
         self.size = 0  # rows filled
+        self._valid = None  # cached (row, env) pairs `sample` draws from
 
     def __len__(self) -> int:
         """Stored (step, env) samples."""
         return self.size * self.n_envs
 
     def add_rollout(self, rollout: Rollout) -> None:
-        """Append a rollout: obs, next_obs, whole action chunks, scaled rewards, terminated and ends."""
+        """Append a rollout: obs, next_obs, whole action chunks, scaled rewards, terminated, ends, firsts (episode
+        starts, so that returns over the stored steps restart there) and cut (steps that never happened)."""
         self.add({"obs": rollout.obs, "next_obs": rollout.next_obs, "actions": rollout.actions,
-                  "rewards": rollout.scaled_rewards, "terminated": rollout.terminated, "ends": rollout.ends})
+                  "rewards": rollout.scaled_rewards, "terminated": rollout.terminated, "ends": rollout.ends,
+                  "firsts": rollout.firsts, "cut": rollout.cut})
 
     def add(self, fields: dict) -> None:
         """Append T steps of every field (T, N, ...); the oldest steps are overwritten when full."""
@@ -50,6 +53,7 @@ class ReplayBuffer:
             self.data[key][rows] = value[keep].to(self.device)
         self.pos = (self.pos + n_steps) % self.capacity
         self.size = min(self.capacity, self.size + n_steps)
+        self._valid = None
 
     def ordered(self) -> dict:
         """Everything stored, oldest step first: fields (size, N, ...)."""
@@ -58,13 +62,25 @@ class ReplayBuffer:
         return _unflatten({key: value[rows] for key, value in self.data.items()})
 
     def sample(self, batch_size: int) -> dict:
-        """batch_size (step, env) samples drawn uniformly with replacement: fields (B, ...)."""
+        """batch_size (step, env) samples drawn uniformly with replacement among the steps that happened (cut steps
+        are never drawn): fields (B, ...)."""
         if self.size == 0:
             raise RuntimeError("ReplayBuffer.sample called on an empty buffer: add a rollout first.")
+        if self._valid is None:  # (n_valid, 2) storage (row, env) of the steps that happened, until the next add
+            self._valid = self.data["cut"].logical_not().nonzero()
+            self._valid = self._valid[self._filled_rows()[self._valid[:, 0]]]
+        if len(self._valid) == 0:
+            raise RuntimeError("Every replayed step was cut (worker restarts / simulator failures): nothing to learn "
+                               "from; check the simulator.")
+        pick = self._valid[torch.randint(len(self._valid), (batch_size,), device=self.device)]
+        return _unflatten({key: value[pick[:, 0], pick[:, 1]] for key, value in self.data.items()})
+
+    def _filled_rows(self) -> torch.Tensor:
+        """(capacity,) bool: the storage rows that hold a step."""
+        filled = torch.zeros(self.capacity, dtype=torch.bool, device=self.device)
         start = (self.pos - self.size) % self.capacity
-        rows = (start + torch.randint(self.size, (batch_size,), device=self.device)) % self.capacity
-        envs = torch.randint(self.n_envs, (batch_size,), device=self.device)
-        return _unflatten({key: value[rows, envs] for key, value in self.data.items()})
+        filled[(start + torch.arange(self.size, device=self.device)) % self.capacity] = True
+        return filled
 
     def state_dict(self) -> dict:
         """The stored steps (oldest first) and the capacity; empty rows are not saved."""
@@ -76,7 +92,7 @@ class ReplayBuffer:
                 f"The saved replay buffer holds {state['capacity']} steps x {state['n_envs']} envs but this run has "
                 f"{self.capacity} x {self.n_envs}: match train.buffer_size and env.n_envs to the checkpoint."
             )
-        self.data, self.pos, self.size = {}, 0, 0
+        self.data, self.pos, self.size, self._valid = {}, 0, 0, None
         if state["data"]:
             self.add(_unflatten(state["data"]))
 

@@ -5,17 +5,30 @@ import torch
 from agent.finetune.rollout import flatten_steps, index_samples, map_batches
 
 
-def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, episode_ends: torch.Tensor,
+def segment_ends(ends: torch.Tensor, firsts: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+    """(T, N) bool: where a return recursion over time must restart after step t.
+
+    After an episode end; before the first step of an episode (in a replay, episodes are cut without an end by
+    evaluations, resumes and `reset_at_iteration`: the step before the reset must not take the next episode's
+    return); and before a cut step (a transition that never happened: worker restart, simulator failure), whose
+    return is not the episode's. ends, firsts, cut: (T, N) bool.
+    """
+    restarts_next = torch.zeros_like(ends)
+    restarts_next[:-1] = firsts[1:] | cut[1:]
+    return ends | restarts_next
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, breaks: torch.Tensor,
                 gamma: float, gae_lambda: float) -> torch.Tensor:
     """Generalized advantage estimation over a rollout of T chunk-steps in N envs.
 
     rewards, values: (T, N); next_values: (T, N) value of the observation after each step, already
     0 where the episode terminated and V(final observation) where it was truncated (time limit),
-    so truncation bootstraps and termination does not; episode_ends: (T, N) bool, terminated or
-    truncated, where the recursion restarts. The last row bootstraps from V of the last observation.
+    so truncation bootstraps and termination does not; breaks: (T, N) bool, where the recursion
+    restarts (`segment_ends`). The last row bootstraps from V of the last observation.
 
         delta_t = r_t + gamma * next_value_t - V(s_t)
-        A_t = delta_t + gamma * lambda * (1 - end_t) * A_{t+1}
+        A_t = delta_t + gamma * lambda * (1 - break_t) * A_{t+1}
 
     With lambda = 1 the return seen from step t weighs the reward of step t' >= t by
     gamma ** (t' - t) (the paper prints gamma ** t). Returns advantages (T, N); the value
@@ -24,7 +37,7 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.
     n_steps = rewards.shape[0]
     advantages = torch.zeros_like(rewards)
     next_advantage = torch.zeros_like(rewards[0])
-    continues = (~episode_ends).to(rewards.dtype)
+    continues = (~breaks).to(rewards.dtype)
     for t in reversed(range(n_steps)):
         delta = rewards[t] + gamma * next_values[t] - values[t]
         next_advantage = delta + gamma * gae_lambda * continues[t] * next_advantage
@@ -33,13 +46,13 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.
 
 
 def gae_from_critic(value_fn, obs: dict, next_obs: dict, rewards: torch.Tensor, terminated: torch.Tensor,
-                    ends: torch.Tensor, gamma: float, gae_lambda: float,
+                    breaks: torch.Tensor, gamma: float, gae_lambda: float,
                     batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE advantages and V(s), both (T, N), with V evaluated in batches of `batch_size` without gradients.
 
-    obs, next_obs: dicts of (T, N, ...); value_fn: cond dict of (B, ...) -> (B,). next_obs holds an
-    ended episode's final observation, so a truncated step bootstraps from V(final obs) and a
-    terminated one from nothing. The value targets are advantages + values (the lambda-returns).
+    obs, next_obs: dicts of (T, N, ...); value_fn: cond dict of (B, ...) -> (B,); breaks: `segment_ends`.
+    next_obs holds an ended episode's final observation, so a truncated step bootstraps from V(final obs)
+    and a terminated one from nothing. The value targets are advantages + values (the lambda-returns).
     """
     n_steps, n_envs = rewards.shape
     obs_flat, next_obs_flat = flatten_steps(obs), flatten_steps(next_obs)
@@ -49,17 +62,18 @@ def gae_from_critic(value_fn, obs: dict, next_obs: dict, rewards: torch.Tensor, 
                               rewards.device)
     values = values.view(n_steps, n_envs)
     next_values = next_values.view(n_steps, n_envs) * (~terminated)
-    return compute_gae(rewards, values, next_values, ends, gamma, gae_lambda), values
+    return compute_gae(rewards, values, next_values, breaks, gamma, gae_lambda), values
 
 
-def episode_returns_to_go(rewards: torch.Tensor, ends: torch.Tensor, firsts: torch.Tensor,
+def episode_returns_to_go(rewards: torch.Tensor, ends: torch.Tensor, firsts: torch.Tensor, cut: torch.Tensor,
                           gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Discounted returns-to-go of the episodes that both start and end inside a rollout (DRWR).
 
-    rewards: (T, N); ends, firsts: (T, N) bool. Returns (returns (T, N), complete (T, N) bool):
+    rewards: (T, N); ends, firsts, cut: (T, N) bool. Returns (returns (T, N), complete (T, N) bool):
     returns[t] = sum_{t' >= t} gamma ** (t' - t) r[t'] up to the end of t's episode, and
     `complete` marks the steps whose whole episode lies inside the rollout, the only ones
-    whose return-to-go is known (the reference uses exactly these).
+    whose return-to-go is known (the reference uses exactly these). An episode that ends in a cut
+    step (a transition that never happened) is not complete.
     """
     n_steps = rewards.shape[0]
     returns = torch.zeros_like(rewards)
@@ -67,7 +81,7 @@ def episode_returns_to_go(rewards: torch.Tensor, ends: torch.Tensor, firsts: tor
     running = torch.zeros_like(rewards[0])
     end_seen = torch.zeros_like(ends[0])
     for t in reversed(range(n_steps)):
-        end_seen = end_seen | ends[t]
+        end_seen = torch.where(ends[t], ~cut[t], end_seen)
         running = rewards[t] + gamma * (~ends[t]) * running
         returns[t] = running
         ends_known[t] = end_seen

@@ -19,6 +19,8 @@ class Rollout:
     terminated:     (T, N) bool, the episode reached a terminal state (no bootstrap)
     ends:           (T, N) bool, terminated or truncated (time limit, simulator failure)
     firsts:         (T, N) bool, step t is the first of an episode
+    cut:            (T, N) bool, step t never happened as the task's transition (a worker restart or a simulator
+                    failure ended the episode there): no sample, no return, no bootstrap target for learning
     """
 
     obs: dict
@@ -30,6 +32,7 @@ class Rollout:
     terminated: torch.Tensor
     ends: torch.Tensor
     firsts: torch.Tensor
+    cut: torch.Tensor
 
     @property
     def n_steps(self) -> int:

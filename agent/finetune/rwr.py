@@ -1,11 +1,12 @@
-"""DRWR: reward-weighted regression of a diffusion policy on its own rollouts (on-policy).
+"""DRWR: reward-weighted regression of a policy on its own rollouts (on-policy), for any policy with a BC loss.
 
 Each iteration: the discounted return-to-go of every step of the episodes that
 start and end inside the rollout, standardized over the iteration; weights
 w = min(exp(beta * R), max_reward_weight); then `update_epochs` passes of the
-diffusion loss of the collected chunks weighted by w, in minibatches of
-`batch_size` (a leftover smaller batch is dropped). Every denoising step is
-fine-tuned; exploration keeps each step's std >= min_sampling_denoising_std.
+policy's behaviour-cloning loss (diffusion: the DDPM loss; flow: the velocity loss) of
+the collected chunks weighted by w, in minibatches of `batch_size` (a leftover smaller
+batch is dropped). A diffusion policy fine-tunes every denoising step; exploration keeps
+each step's std >= min_sampling_denoising_std.
 """
 
 import torch
@@ -22,12 +23,13 @@ RETURN_EPS = 1e-3  # the reference's epsilon when standardizing DRWR returns
 class RWRAgent(FinetuneAgent):
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
-        self.actor_optimizer = self.add_optimizer("actor", self.model.network.parameters(), role="actor")
+        self.actor_optimizer = self.add_optimizer("actor", self.model.actor_parameters(), role="actor")
         self.start()
 
     def update(self, rollout: Rollout) -> dict:
         train = self.cfg.train
-        returns, complete = episode_returns_to_go(rollout.rewards, rollout.ends, rollout.firsts, train.gamma)
+        returns, complete = episode_returns_to_go(rollout.rewards, rollout.ends, rollout.firsts, rollout.cut,
+                                                  train.gamma)
         keep = complete.reshape(-1)
         n_samples = int(keep.sum())
         if n_samples == 0:
@@ -40,7 +42,7 @@ class RWRAgent(FinetuneAgent):
         batch_size = min(train.batch_size, n_samples)
         for _ in range(train.update_epochs):
             for idx in torch.randperm(n_samples, device=self.device).split(batch_size)[: n_samples // batch_size]:
-                loss = (self.model.per_sample_loss(actions[idx], index_samples(obs, idx)) * weights[idx]).mean()
+                loss = (self.model.per_sample_bc_loss(actions[idx], index_samples(obs, idx)) * weights[idx]).mean()
                 self.actor_optimizer.zero_grad()
                 loss.backward()
                 self.actor_step(self.actor_optimizer)

@@ -1,7 +1,7 @@
 """Behaviour-cloning pre-training of a policy on demonstrations.
 
 One loop serves the diffusion policy (DDPM loss) and the Gaussian policy (NLL):
-both models expose `loss(actions, cond)`. AdamW, warmup-cosine LR stepped per
+every policy exposes `bc_loss(actions, cond)`. AdamW, warmup-cosine LR stepped per
 epoch, an EMA of the denoiser stepped with the optimizer, atomic checkpoints,
 metrics to stdout / metrics.jsonl / metrics.csv / wandb, and a loss-curve PNG.
 

@@ -8,7 +8,7 @@ from torch import nn
 from dppo.checkpoint import load_state_dict_checked
 from model.common.mlp import make_mlp
 from model.common.obs_encoder import obs_encoder_or_flatten
-from model.common.policy import ChunkPolicy, Sample
+from model.common.policy import FinetunePolicy, Sample
 from model.common.pretrained import pretrained_network_state
 
 INITIAL_LOG_STD = -1.0
@@ -53,14 +53,22 @@ class GaussianMLP(nn.Module):
         return mean, std
 
 
-class GaussianModel(ChunkPolicy):
-    """Gaussian policy over the whole chunk, with the surface of every ChunkPolicy."""
+class GaussianModel(FinetunePolicy):
+    """Gaussian policy over the whole chunk, with the surface of every FinetunePolicy.
+
+    For PPO it gives one log-probability term per env sample: the Gaussian log-density averaged over the
+    chunk's Ta x Da elements, then clamped to [logprob_min, logprob_max] (as the reference does). Its entropy
+    term depends on the weights when the std is learned (`learn_fixed_std` in the network config).
+    """
 
     def __init__(self, network: GaussianMLP, horizon_steps: int, obs_dim: int, action_dim: int, cond_steps: int = 1,
                  randn_clip_value: float = 10.0, final_action_clip_value: float | None = 1.0,
-                 network_path: str | None = None, device: str = "cpu"):
+                 logprob_min: float = -5.0, logprob_max: float = 2.0, network_path: str | None = None,
+                 device: str = "cpu"):
         super().__init__(network, horizon_steps, obs_dim, action_dim, cond_steps, randn_clip_value,
                          final_action_clip_value, network_path)
+        self.logprob_min = logprob_min
+        self.logprob_max = logprob_max
         self.to(device)
 
     @staticmethod
@@ -68,25 +76,54 @@ class GaussianModel(ChunkPolicy):
         """A BC policy trained with a fixed std has no log_std: a learned one keeps its initial value."""
         load_state_dict_checked(network, {**network.state_dict(), **pretrained_network_state(path)}, what=path)
 
-    def loss(self, actions: torch.Tensor, cond: dict) -> torch.Tensor:
-        """Negative log-likelihood of the demonstrated chunks, averaged over elements. actions: (B, Ta, Da)."""
-        mean, std = self.network(cond)
-        return -torch.distributions.Normal(mean, std, validate_args=False).log_prob(actions).mean()
+    @property
+    def has_entropy(self) -> bool:
+        return self.network.fixed_std is None
 
-    @torch.no_grad()
-    def sample(self, cond: dict, deterministic: bool = False) -> Sample:
-        """Action chunks (B, Ta, Da): the mean when deterministic, else mean + std * clipped unit noise."""
+    @property
+    def n_log_prob_terms(self) -> int:
+        return 1
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        return list(self.network.parameters())
+
+    def distribution(self, cond: dict) -> torch.distributions.Normal:
+        mean, std = self.network(cond)
+        return torch.distributions.Normal(mean, std, validate_args=False)
+
+    def per_sample_bc_loss(self, actions: torch.Tensor, cond: dict) -> torch.Tensor:
+        """Negative log-likelihood of each demonstrated chunk, averaged over its elements: (B, Ta, Da) -> (B,)."""
+        return -self.distribution(cond).log_prob(actions).mean(dim=(-2, -1))
+
+    def draw(self, cond: dict, deterministic: bool = False) -> torch.Tensor:
+        """Chunks (B, Ta, Da): the mean when deterministic, else mean + std * clipped unit noise (reparameterized)."""
         mean, std = self.network(cond)
         actions = mean
         if not deterministic:
             actions = mean + std * torch.randn_like(mean).clamp(-self.randn_clip_value, self.randn_clip_value)
-        return Sample(actions=self.clip_final(actions))
+        return self.clip_final(actions)
 
+    @torch.no_grad()
+    def sample(self, cond: dict, deterministic: bool = False) -> Sample:
+        return Sample(actions=self.draw(cond, deterministic))
+
+    @torch.no_grad()
     def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:
-        """Exploring chunks (B, Ta, Da) and {"actions": the same chunks}, which PPO scores later."""
-        actions = self.sample(cond, deterministic=False).actions
-        return actions, {"actions": actions}
+        """Exploring chunks (B, Ta, Da) and {"actions": the same chunks, "log_probs": (B, 1) their log-probability}."""
+        actions = self.draw(cond)
+        stored = {"actions": actions}
+        return actions, {**stored, "log_probs": self.log_probs_and_entropy(cond, stored)[0]}
 
     def act(self, cond: dict) -> torch.Tensor:
         """The mean chunk (B, Ta, Da), for evaluation."""
         return self.sample(cond, deterministic=True).actions
+
+    def sample_differentiable(self, cond: dict) -> torch.Tensor:
+        return self.draw(cond)
+
+    def log_probs_and_entropy(self, cond: dict, stored: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1) clamped mean log-density of stored["actions"] (B, Ta, Da) and the mean entropy (B,) of the
+        chunk's Gaussian."""
+        dist = self.distribution(cond)
+        log_prob = dist.log_prob(stored["actions"]).mean(dim=(-2, -1)).clamp(self.logprob_min, self.logprob_max)
+        return log_prob[:, None], dist.entropy().mean(dim=(-2, -1))

@@ -78,21 +78,21 @@ class DiffusionModel(ChunkPolicy):
         return (_per_sample(self.sqrt_alphas_cumprod, t) * x0
                 + _per_sample(self.sqrt_one_minus_alphas_cumprod, t) * noise)
 
-    def loss(self, actions: torch.Tensor, cond: dict) -> torch.Tensor:
-        """DDPM loss: MSE of predicted noise (or x0) at a uniformly drawn step. actions: (B, Ta, Da)."""
-        return self.per_sample_loss(actions, cond).mean()
-
-    def per_sample_loss(self, actions: torch.Tensor, cond: dict) -> torch.Tensor:
-        """The DDPM loss of each chunk, averaged over its Ta x Da elements: (B, Ta, Da) -> (B,).
-
-        Weighted-regression fine-tuning (DRWR, DAWR) weighs these terms.
+    def per_sample_bc_loss(self, actions: torch.Tensor, cond: dict) -> torch.Tensor:
+        """The DDPM loss of each chunk: MSE of the predicted noise (or x0) at a uniformly drawn step, averaged over
+        its Ta x Da elements: (B, Ta, Da) -> (B,). Weighted-regression fine-tuning (DRWR, DAWR) weighs these terms.
         """
         t = torch.randint(0, self.denoising_steps, (actions.shape[0],), device=actions.device)
         noise = torch.randn_like(actions)
         x_t = self.q_sample(actions, t, noise)
-        prediction = self.network(x_t, t, cond)
+        prediction = self.bc_network(x_t, t, cond)
         target = noise if self.predict_epsilon else actions
         return F.mse_loss(prediction, target, reduction="none").mean(dim=(-2, -1))
+
+    @property
+    def bc_network(self) -> nn.Module:
+        """The denoiser that behaviour cloning trains (fine-tuning models train their copy)."""
+        return self.network
 
     # ---- reverse process --------------------------------------------------------------------
     def denoiser_at(self, step_index: int) -> nn.Module:

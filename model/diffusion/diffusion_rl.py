@@ -6,6 +6,12 @@ steps run the frozen pre-trained `network`. Each fine-tuned step is a
 Gaussian policy pi(x_{k-1} | x_k, s) = N(mean, std^2) whose log-probability is
 evaluated with std clamped below at `min_logprob_denoising_std`, and which is
 sampled with std at least `min_sampling_denoising_std` when exploring.
+DPPO fine-tunes the last K' = 10 of K = 20 steps; the baselines (DRWR, DAWR, DQL,
+IDQL) fine-tune all of them (`ft_denoising_steps` = null).
+
+For PPO each fine-tuned step is one log-probability term: element-wise log-densities
+clamped to [logprob_min, logprob_max], then averaged over the first `reward_horizon`
+actions of the chunk (the executed ones) and the action dims.
 """
 
 import copy
@@ -13,32 +19,78 @@ import copy
 import torch
 from torch import nn
 
+from model.common.policy import FinetunePolicy
 from model.diffusion.diffusion import DiffusionModel
 
 
-class FinetuneDiffusion(DiffusionModel):
+class FinetuneDiffusion(DiffusionModel, FinetunePolicy):
     """Diffusion policy with a frozen base network and a fine-tuned copy for the last K' steps."""
 
-    def __init__(self, network: nn.Module, ft_denoising_steps: int, min_sampling_denoising_std: float = 0.1,
-                 min_logprob_denoising_std: float = 0.1, **kwargs):
+    def __init__(self, network: nn.Module, ft_denoising_steps: int | None = None,
+                 min_sampling_denoising_std: float = 0.1, min_logprob_denoising_std: float = 0.1,
+                 reward_horizon: int | None = None, logprob_min: float = -5.0, logprob_max: float = 2.0, **kwargs):
         super().__init__(network=network, min_sampling_denoising_std=min_sampling_denoising_std, **kwargs)
+        ft_denoising_steps = self.sampling_steps if ft_denoising_steps is None else ft_denoising_steps
         if not 0 < ft_denoising_steps <= self.sampling_steps:
             raise ValueError(
                 f"ft_denoising_steps ({ft_denoising_steps}) must be in 1..{self.sampling_steps} "
                 f"(the number of {'DDIM' if self.use_ddim else 'denoising'} steps): lower ft_denoising_steps."
             )
+        if reward_horizon is not None and not 0 < reward_horizon <= self.horizon_steps:
+            raise ValueError(f"reward_horizon={reward_horizon} must be in 1..horizon_steps ({self.horizon_steps}): "
+                             "set it to act_steps.")
         self.ft_denoising_steps = ft_denoising_steps
         self.min_logprob_denoising_std = min_logprob_denoising_std
+        self.reward_horizon = reward_horizon or self.horizon_steps
+        self.logprob_min = logprob_min
+        self.logprob_max = logprob_max
         self.actor_ft = copy.deepcopy(self.network)
         self.network.requires_grad_(False)
+
+    @property
+    def n_log_prob_terms(self) -> int:
+        return self.ft_denoising_steps
+
+    @property
+    def bc_network(self) -> nn.Module:
+        return self.actor_ft
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """What fine-tuning trains: the copy of the denoiser that runs the last K' steps."""
+        return list(self.actor_ft.parameters())
 
     def denoiser_at(self, step_index: int) -> nn.Module:
         return self.actor_ft if step_index < self.ft_denoising_steps else self.network
 
     def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:
-        """Exploring chunks (B, Ta, Da) and {"chains": (B, K' + 1, Ta, Da)}, the chain of the K' fine-tuned steps."""
+        """Exploring chunks (B, Ta, Da) and {"chains": (B, K' + 1, Ta, Da), "log_probs": (B, K')}.
+
+        The log-probabilities of the chain come from the means and variances the sampler already computed, so
+        the update need not run the K' steps again for them; they equal `log_probs(cond, stored)` (tested).
+        """
         sample = self.sample(cond, deterministic=False, chain_steps=self.ft_denoising_steps)
-        return sample.actions, {"chains": sample.chains}
+        step_log_probs = self.step_log_probs(sample.chain_means, sample.chain_log_vars, sample.chains[:, 1:])
+        return sample.actions, {"chains": sample.chains, "log_probs": self.reduce_log_probs(step_log_probs)}
+
+    def sample_differentiable(self, cond: dict) -> torch.Tensor:
+        """Exploring chunks (B, Ta, Da) with the graph through every fine-tuned denoising step."""
+        return self.sample(cond, deterministic=False, requires_grad=True).actions
+
+    def log_probs_and_entropy(self, cond: dict, stored: dict) -> tuple[torch.Tensor, None]:
+        """(B, K') reduced log-probabilities of stored["chains"] (B, K' + 1, Ta, Da); no entropy term, as each
+        step's std comes from the noise schedule, not from the weights."""
+        return self.reduce_log_probs(self.chain_log_probs(cond, stored["chains"])), None
+
+    def bc_reference_log_probs(self, cond: dict) -> torch.Tensor:
+        """(B, K') reduced log-probabilities under `actor_ft` of chains the frozen pre-trained denoiser draws."""
+        base_chains = self.sample(cond, deterministic=False, chain_steps=self.ft_denoising_steps,
+                                  network=self.network).chains
+        return self.reduce_log_probs(self.chain_log_probs(cond, base_chains))
+
+    def reduce_log_probs(self, log_prob: torch.Tensor) -> torch.Tensor:
+        """(B, K', Ta, Da) element-wise log-probabilities -> (B, K'): clamp, mean over executed actions and dims."""
+        log_prob = log_prob.clamp(self.logprob_min, self.logprob_max)
+        return log_prob[:, :, : self.reward_horizon].mean(dim=(-2, -1))
 
     def chain_log_probs(self, cond: dict, chains: torch.Tensor, network: nn.Module | None = None) -> torch.Tensor:
         """log pi(chain[:, j+1] | chain[:, j], s) of each fine-tuned step, element-wise.

@@ -17,7 +17,7 @@ TIME_SCALE = 100.0
 
 
 class FlowModel(ChunkPolicy):
-    """Flow-matching policy: `loss(actions, cond)` for behaviour cloning, Euler `sample` with `inference_steps`.
+    """Flow-matching policy: `bc_loss(actions, cond)` for behaviour cloning, Euler `sample` with `inference_steps`.
 
     time_sampling: "uniform" t ~ U(0, 1), or "beta" t ~ Beta(time_beta_a, time_beta_b), which with
     a > b puts more training on the late, action-shaping part of the path.
@@ -51,12 +51,13 @@ class FlowModel(ChunkPolicy):
         a, b = self.time_beta
         return torch.distributions.Beta(a, b).sample((batch,)).to(self.device)
 
-    def loss(self, actions: torch.Tensor, cond: dict) -> torch.Tensor:
-        """Flow-matching loss: MSE between v(x_t, t, s) and x_1 - x_0. actions: (B, Ta, Da)."""
+    def per_sample_bc_loss(self, actions: torch.Tensor, cond: dict) -> torch.Tensor:
+        """Flow-matching loss of each chunk: MSE between v(x_t, t, s) and x_1 - x_0 averaged over its Ta x Da
+        elements. actions: (B, Ta, Da) -> (B,)."""
         t = self.draw_times(actions.shape[0])
         noise = torch.randn_like(actions)
         x_t = (1 - t[:, None, None]) * noise + t[:, None, None] * actions
-        return F.mse_loss(self.velocity(x_t, t, cond), actions - noise)
+        return F.mse_loss(self.velocity(x_t, t, cond), actions - noise, reduction="none").mean(dim=(-2, -1))
 
     # ---- sampling -------------------------------------------------------------------------------
     def initial_noise(self, batch: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Weights of reward- and advantage-weighted regression (DRWR, DAWR)."""
+"""Reward- and advantage-weighted regression (DRWR, DAWR): the weights and DAWR's critic loss."""
 
 import torch
 
@@ -18,3 +18,9 @@ def exponential_weights(scores: torch.Tensor, beta: float, max_weight: float) ->
     reference's product is what produced the DPPO paper's baseline numbers).
     """
     return torch.exp(beta * scores.detach()).clamp(max=max_weight)
+
+
+def value_regression_loss(values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """DAWR's critic loss, mean((V(s) - target)^2) element-wise over (B,) (the reference broadcasts a (B, 1)
+    prediction against (B,) targets into a B x B mean; see docs)."""
+    return ((values - targets) ** 2).mean()
