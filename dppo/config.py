@@ -92,7 +92,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_keys(cfg, ["_target_", "seed", "device", "logdir"], where="Every config")
     if cfg.get("use_ddim"):
         require(cfg.get("ddim_steps") is not None, "use_ddim=true needs ddim_steps: add ddim_steps=5 (or another count).")
-    if "ft_denoising_steps" in cfg:
+    if "ft_denoising_steps" in cfg and "denoising_steps" in cfg:  # a diffusion policy
         sampling_steps = cfg.ddim_steps if cfg.get("use_ddim") else cfg.denoising_steps
         require(0 < cfg.ft_denoising_steps <= sampling_steps,
                 f"ft_denoising_steps={cfg.ft_denoising_steps} must be in 1..{sampling_steps} (the number of "

@@ -24,7 +24,8 @@ def warmup_cosine_lr(step: int, first_cycle_steps: int, warmup_steps: int, max_l
 
 
 class WarmupCosineLR(torch.optim.lr_scheduler.LRScheduler):
-    """Linear warmup over `warmup_steps`, cosine decay until `first_cycle_steps`, then `min_lr` forever.
+    """Linear warmup over `warmup_steps`, cosine decay until `first_cycle_steps`, then `min_lr` forever, or, with
+    `restarts`, the same cycle again every `first_cycle_steps` steps (ReinFlow's cosine restarts).
 
     The lr at step s (the number of `.step()` calls so far, 0 right after
     construction) is the same for all param groups:
@@ -34,7 +35,8 @@ class WarmupCosineLR(torch.optim.lr_scheduler.LRScheduler):
     Constant lr: set `min_lr == max_lr`.
     """
 
-    def __init__(self, optimizer, first_cycle_steps: int, warmup_steps: int, max_lr: float, min_lr: float):
+    def __init__(self, optimizer, first_cycle_steps: int, warmup_steps: int, max_lr: float, min_lr: float,
+                 restarts: bool = False):
         if not 0 <= min_lr <= max_lr:
             raise ValueError(
                 f"lr scheduler needs 0 <= min_lr <= max_lr, got min_lr={min_lr}, max_lr={max_lr}: fix them."
@@ -46,12 +48,14 @@ class WarmupCosineLR(torch.optim.lr_scheduler.LRScheduler):
             )
         self.first_cycle_steps = first_cycle_steps
         self.warmup_steps = warmup_steps
+        self.restarts = restarts
         self.max_lr = max_lr
         self.min_lr = min_lr
         super().__init__(optimizer)
 
     def get_lr(self) -> list[float]:
-        lr = warmup_cosine_lr(self.last_epoch, self.first_cycle_steps, self.warmup_steps, self.max_lr, self.min_lr)
+        step = self.last_epoch % self.first_cycle_steps if self.restarts else self.last_epoch
+        lr = warmup_cosine_lr(step, self.first_cycle_steps, self.warmup_steps, self.max_lr, self.min_lr)
         return [lr] * len(self.optimizer.param_groups)
 
 

@@ -1,4 +1,4 @@
-"""Flow-matching core and the ReinFlow-style noisy sampler: loss, Euler sampling, exact log-probabilities."""
+"""Flow-matching core and the noisy sampler of flow fine-tuning: loss, Euler sampling, exact log-probabilities."""
 
 import math
 
@@ -9,7 +9,8 @@ from torch import nn
 from model.common.critic import CriticObs
 from model.diffusion.mlp import DiffusionMLP
 from model.flow.flow import FlowModel
-from model.flow.flow_ppo import NoiseNetwork, PPOFlow
+from model.flow.noisy_flow import NoiseNetwork, NoisyFlowPolicy
+from model.rl.ppo import PPOSettings, ppo_loss
 
 TA, DA, TO, DO, K = 3, 2, 2, 3, 4
 
@@ -28,7 +29,7 @@ def make_ppo_flow(sigma_min=0.08, sigma_max=0.16, **kwargs):
     torch.manual_seed(0)
     noise = NoiseNetwork(action_dim=DA, horizon_steps=TA, cond_dim=TO * DO, mlp_dims=[16, 16, 16],
                          sigma_min=sigma_min, sigma_max=sigma_max)
-    model = PPOFlow(critic=CriticObs(TO * DO, [16, 16, 16]), noise_network=noise, network=tiny_velocity(),
+    model = NoisyFlowPolicy(noise_network=noise, network=tiny_velocity(),
                     horizon_steps=TA, obs_dim=DO, action_dim=DA, cond_steps=TO, inference_steps=K,
                     final_action_clip_value=None, **kwargs)
     with torch.no_grad():  # a noise network whose sigma depends on its inputs
@@ -96,7 +97,7 @@ def test_noisy_step_log_probs_equal_torch_distributions_step_by_step():
             stds.append(std)
             log_prob = torch.distributions.Normal(mean, std).log_prob(chains[:, k + 1]).clamp(-5, 2)
             expected += log_prob[:, :2].mean(dim=(-2, -1))
-        torch.testing.assert_close(model.log_probs(cond, stored), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.log_probs(cond, stored), expected[:, None], rtol=1e-5, atol=1e-5)
     stds = torch.stack(stds)
     assert stds.min() >= 0.08 - 1e-6 and stds.max() <= 0.16 + 1e-6
     assert stds.std() > 0, "sigma depends on (x, t, s)"
@@ -119,7 +120,8 @@ def test_ppo_flow_loss_has_unit_ratio_on_fresh_chains_and_trains_both_networks()
     with torch.no_grad():
         old = model.log_probs(cond, stored)
     advantages = torch.arange(8.0)
-    out = model.bc_loss(cond, stored, torch.zeros(8), torch.zeros(8), advantages, old)
+    out = ppo_loss(model, CriticObs(TO * DO, [16, 16, 16]), cond, stored, torch.zeros(8), torch.zeros(8), advantages,
+                   old, PPOSettings())
     assert out.ratio == pytest.approx(1.0)
     assert out.approx_kl == pytest.approx(0.0, abs=1e-7)
     _, std = model.step_log_probs(cond, stored["chains"])

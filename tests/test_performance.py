@@ -11,6 +11,7 @@ import torch
 from conftest import compose_config, finetune_overrides
 
 from agent.finetune.ppo import PPOAgent
+from model.rl.ppo import normalize_advantages, ppo_loss
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "script"))
 import bench  # noqa: E402
@@ -44,24 +45,26 @@ def test_chunked_gradient_accumulation_equals_whole_minibatch(pretrained, tmp_pa
     those of the whole minibatch, also when advantages are clipped to minibatch quantiles (normalization and
     clipping must see the whole minibatch, not each chunk)."""
     dataset_dir, _ = pretrained
-    extra = ["+model.clip_advantage_lower_quantile=0.1", "+model.clip_advantage_upper_quantile=0.9"] if quantile_clip else []
+    extra = ["train.clip_advantage_lower_quantile=0.1", "train.clip_advantage_upper_quantile=0.9"] if quantile_clip else []
     whole = make_agent(dataset_dir, tmp_path / "whole", extra)
     chunked = make_agent(dataset_dir, tmp_path / "chunked", extra + ["train.grad_chunk_size=7"])
     chunked.model.load_state_dict(whole.model.state_dict())
+    chunked.critic.load_state_dict(whole.critic.state_dict())
     batch = synthetic_minibatch(whole.model, batch=30)
 
     metrics_whole = whole.minibatch_update(*batch)
     metrics_chunked = chunked.minibatch_update(*batch)
 
     for module in ("actor_ft", "critic"):
-        grads_whole = gradients(getattr(whole.model, module))
-        grads_chunked = gradients(getattr(chunked.model, module))
+        grads_whole = gradients(getattr(whole.model, module, None) or whole.critic)
+        grads_chunked = gradients(getattr(chunked.model, module, None) or chunked.critic)
         assert len(grads_whole) == len(grads_chunked) > 0
         for g_whole, g_chunked in zip(grads_whole, grads_chunked):
             torch.testing.assert_close(g_chunked, g_whole, rtol=1e-5, atol=1e-6)
     for key, value in metrics_whole.items():
         assert metrics_chunked[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
-    for p_whole, p_chunked in zip(whole.model.parameters(), chunked.model.parameters()):
+    for p_whole, p_chunked in zip([*whole.model.parameters(), *whole.critic.parameters()],
+                                  [*chunked.model.parameters(), *chunked.critic.parameters()]):
         torch.testing.assert_close(p_chunked, p_whole, rtol=1e-5, atol=1e-6)
 
 
@@ -70,15 +73,17 @@ def test_chunks_that_normalized_their_own_advantages_would_differ(pretrained, tm
     gradient by far more than the tolerance."""
     dataset_dir, _ = pretrained
     agent = make_agent(dataset_dir, tmp_path / "agent")
-    model = agent.model
+    model, critic, settings = agent.model, agent.critic, agent.settings
     obs, stored, returns, values, advantages, old_log_probs = synthetic_minibatch(model, batch=30)
     reference = copy.deepcopy(model)
-    out = reference.loss(obs, stored, returns, values, advantages, old_log_probs)
+    out = ppo_loss(reference, critic, obs, stored, returns, values, normalize_advantages(advantages, settings),
+                   old_log_probs, settings)
     out.pg_loss.backward()
     per_chunk = 0
     for chunk in (slice(0, 15), slice(15, 30)):
-        part = model.bc_loss({"state": obs["state"][chunk]}, {"chains": stored["chains"][chunk]}, returns[chunk],
-                          values[chunk], advantages[chunk], old_log_probs[chunk])
+        part = ppo_loss(model, critic, {"state": obs["state"][chunk]}, {"chains": stored["chains"][chunk]},
+                        returns[chunk], values[chunk], normalize_advantages(advantages[chunk], settings),
+                        old_log_probs[chunk], settings)
         per_chunk = per_chunk + 0.5 * part.pg_loss
     per_chunk.backward()
     difference = max((a.grad - b.grad).abs().max().item()
@@ -156,6 +161,7 @@ def test_update_with_kept_log_probs_equals_update_with_recomputed_ones(pretraine
     kept = make_agent(dataset_dir, tmp_path / "kept")
     recomputed = make_agent(dataset_dir, tmp_path / "recomputed")
     recomputed.model.load_state_dict(kept.model.state_dict())
+    recomputed.critic.load_state_dict(kept.critic.state_dict())
     rollout, _, _ = kept.collect_rollout(kept.reset_envs())
     assert "log_probs" in rollout.stored
     rollout_without = copy.copy(rollout)
@@ -173,13 +179,12 @@ def test_update_with_kept_log_probs_equals_update_with_recomputed_ones(pretraine
 
 # ---- the sampler: one encoding per chunk, one time embedding and 0-dim coefficients per step --------------
 def make_finetune_model(kind, **kwargs):
-    """A PPODiffusion (horizon 4, action dim 2, 2 observation steps of dim 5) on the given denoiser, with a
+    """A FinetuneDiffusion (horizon 4, action dim 2, 2 observation steps of dim 5) on the given denoiser, with a
     perturbed fine-tuned copy so the base and fine-tuned steps differ; and a cond of 3 samples."""
     from test_ppo_diffusion import perturb
     from test_unet_vit import reference_inputs, small_vit
 
-    from model.common.critic import CriticObs
-    from model.diffusion.diffusion_ppo import PPODiffusion
+    from model.diffusion.diffusion_rl import FinetuneDiffusion
     from model.diffusion.mlp import DiffusionMLP
     from model.diffusion.unet import DiffusionUNet1D
 
@@ -191,9 +196,8 @@ def make_finetune_model(kind, **kwargs):
     else:  # a ViT over two camera views and the state, as the pixel configs use
         network = DiffusionMLP(action_dim=2, horizon_steps=4, cond_dim=None, time_dim=8, mlp_dims=[32, 32, 32],
                                obs_encoder=small_vit(augment=False))
-    model = PPODiffusion(network=network, critic=CriticObs(10, [16, 16, 16]), network_path=None, horizon_steps=4,
-                         obs_dim=5, action_dim=2, cond_steps=2, denoising_steps=8, ft_denoising_steps=3,
-                         min_sampling_denoising_std=0.1, **kwargs)
+    model = FinetuneDiffusion(network=network, network_path=None, horizon_steps=4, obs_dim=5, action_dim=2, cond_steps=2,
+                              denoising_steps=8, ft_denoising_steps=3, min_sampling_denoising_std=0.1, **kwargs)
     perturb(model.actor_ft, seed=1, scale=0.02)
     _, _, cond = reference_inputs(3, 4, 2, state_dim=5, cond_steps=2, num_views=2 if kind == "vit" else 0)
     return model, cond

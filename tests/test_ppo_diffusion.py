@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from model.common.critic import CriticObs
-from model.diffusion.diffusion_ppo import PPODiffusion
 from model.diffusion.diffusion_rl import FinetuneDiffusion
 from model.diffusion.mlp import DiffusionMLP
+from model.rl.ppo import PPOSettings, clip_coefficients, normalize_advantages, ppo_loss, term_discounts
 
 TA, DA, TO, DO, K, K_FT = 4, 2, 2, 3, 10, 4
 MIN_LOGPROB_STD = 0.15
@@ -19,18 +19,47 @@ def tiny_mlp():
     return DiffusionMLP(action_dim=DA, horizon_steps=TA, cond_dim=TO * DO, time_dim=8, mlp_dims=[32, 32, 32])
 
 
+class DPPOCase:
+    """A tiny diffusion policy, its critic and PPO settings; attributes not found here are the policy's."""
+
+    def __init__(self, policy: FinetuneDiffusion, critic: CriticObs, settings: PPOSettings):
+        self.policy, self.critic, self.settings = policy, critic, settings
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+    def loss(self, cond, stored, returns, old_values, advantages, old_log_probs, use_bc_loss=False):
+        """The PPO loss of a minibatch with raw advantages, normalized here as the agent does."""
+        return ppo_loss(self.policy, self.critic, cond, stored, returns, old_values,
+                        normalize_advantages(advantages, self.settings), old_log_probs, self.settings, use_bc_loss)
+
+    def reduced_log_probs(self, cond, chains):
+        return self.policy.log_probs(cond, {"chains": chains})
+
+    def clip_coefficients(self):
+        return clip_coefficients(self.ft_denoising_steps, self.settings)
+
+    def denoising_discounts(self):
+        return term_discounts(self.ft_denoising_steps, self.settings.gamma_denoising)
+
+    def normalize_advantages(self, advantages):
+        return normalize_advantages(advantages, self.settings)
+
+
 def make_ppo(perturb_actor_ft=True, **kwargs):
-    """Tiny PPODiffusion; `actor_ft` is moved away from `network` so tests can tell which one ran."""
+    """Tiny DPPO case; `actor_ft` is moved away from `network` so tests can tell which one ran."""
     torch.manual_seed(0)
-    params = dict(network=tiny_mlp(), critic=CriticObs(TO * DO, [16, 16, 16]), ft_denoising_steps=K_FT,
-                  network_path=None, horizon_steps=TA, obs_dim=DO, action_dim=DA, cond_steps=TO,
-                  denoising_steps=K, min_sampling_denoising_std=0.1, min_logprob_denoising_std=MIN_LOGPROB_STD,
-                  gamma_denoising=0.9, clip_ploss_coef=0.01, clip_ploss_coef_base=0.001, clip_ploss_coef_rate=3.0)
+    settings = dict(gamma_denoising=0.9, clip_ploss_coef=0.01, clip_ploss_coef_base=0.001, clip_ploss_coef_rate=3.0)
+    settings.update({key: kwargs.pop(key) for key in list(kwargs) if key in PPOSettings.__dataclass_fields__})
+    params = dict(network=tiny_mlp(), ft_denoising_steps=K_FT, network_path=None, horizon_steps=TA, obs_dim=DO,
+                  action_dim=DA, cond_steps=TO, denoising_steps=K, min_sampling_denoising_std=0.1,
+                  min_logprob_denoising_std=MIN_LOGPROB_STD)
     params.update(kwargs)
-    model = PPODiffusion(**params)
+    policy = FinetuneDiffusion(**params)
+    case = DPPOCase(policy, CriticObs(TO * DO, [16, 16, 16]), PPOSettings(**settings))
     if perturb_actor_ft:
-        perturb(model.actor_ft, seed=1)
-    return model
+        perturb(policy.actor_ft, seed=1)
+    return case
 
 
 def perturb(module, seed, scale=0.1):
@@ -146,7 +175,7 @@ def rollout_batch(model, batch=6):
 def test_loss_on_fresh_chains_has_unit_ratio():
     model = make_ppo()
     cond, chains, returns, old_values, advantages, old_log_probs = rollout_batch(model)
-    out = model.bc_loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs)
+    out = model.loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs)
     assert out.ratio == 1.0 and out.approx_kl == 0.0 and out.clipfrac == 0.0
     adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     expected_pg = -(adv[:, None] * model.denoising_discounts()[None, :]).mean()
@@ -160,7 +189,7 @@ def test_loss_clipping_kl_and_clipfrac_for_known_ratios():
     # clip coefficients are about [0.001, 0.0018, 0.0040, 0.01]; these log-ratios sit clearly inside or outside
     choices = torch.tensor([0.0003, -0.0003, 0.0025, -0.0025, 0.006, -0.006, 0.05, -0.05])
     log_ratio = choices[torch.arange(6 * K_FT) % len(choices)].view(6, K_FT).double()
-    out = model.bc_loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs - log_ratio.float())
+    out = model.loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs - log_ratio.float())
 
     ratio = log_ratio.exp()
     clip = model.clip_coefficients().double()[None, :]
@@ -181,7 +210,7 @@ def test_pg_step_moves_log_prob_with_advantage(sign):
     cond, chains, returns, old_values, _, old_log_probs = rollout_batch(model, batch=3)
     advantages = torch.tensor([sign, 0.0, 0.0])
     optimizer = torch.optim.SGD(model.actor_ft.parameters(), lr=1e-3)
-    out = model.bc_loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs)
+    out = model.loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs)
     optimizer.zero_grad()
     out.pg_loss.backward()
     assert all(p.grad is None for p in model.network.parameters()), "the frozen network gets no gradient"
@@ -199,24 +228,24 @@ def test_value_loss_plain_and_clipped_with_old_values():
         values = model.critic(cond)
     returns = values - 0.5
     old_values = values + 1.0
-    plain = model.bc_loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs).v_loss
+    plain = model.loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs).v_loss
     assert plain.item() == pytest.approx(0.5 * 0.25, rel=1e-5)
     random_returns = torch.randn(6, generator=torch.Generator().manual_seed(5))
-    plain = model.bc_loss(cond, {"chains": chains}, random_returns, old_values, advantages, old_log_probs).v_loss
+    plain = model.loss(cond, {"chains": chains}, random_returns, old_values, advantages, old_log_probs).v_loss
     torch.testing.assert_close(plain, 0.5 * ((values - random_returns) ** 2).mean())
 
     clipped_model = make_ppo(clip_vloss_coef=0.1)
-    clipped = clipped_model.bc_loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs).v_loss
+    clipped = clipped_model.loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs).v_loss
     # V - old = -1 is clipped to -0.1: the clipped value is old - 0.1 = V + 0.9, 1.4 away from the return
     assert clipped.item() == pytest.approx(0.5 * 1.4**2, rel=1e-5)
-    same_old = clipped_model.bc_loss(cond, {"chains": chains}, returns, values, advantages, old_log_probs).v_loss
+    same_old = clipped_model.loss(cond, {"chains": chains}, returns, values, advantages, old_log_probs).v_loss
     assert same_old.item() == pytest.approx(0.5 * 0.25, rel=1e-5)
 
 
 def test_bc_loss_is_differentiable_in_actor_ft():
     model = make_ppo()
     cond, chains, returns, old_values, advantages, old_log_probs = rollout_batch(model, batch=3)
-    out = model.bc_loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs, use_bc_loss=True)
+    out = model.loss(cond, {"chains": chains}, returns, old_values, advantages, old_log_probs, use_bc_loss=True)
     assert torch.isfinite(out.bc_loss) and out.bc_loss.requires_grad
 
 

@@ -10,12 +10,12 @@ from agent.finetune.base import curve_panels
 from agent.finetune.replay import ReplayBuffer, replay_gradient_steps
 from agent.finetune.returns import episode_returns_to_go
 from model.common.critic import DoubleCriticObsAct, soft_update
-from model.common.gaussian import GaussianMLP
-from model.diffusion.diffusion_dql import DQLDiffusion
-from model.diffusion.diffusion_idql import IDQLDiffusion, expectile_loss
+from model.common.gaussian import GaussianMLP, GaussianModel
+from model.diffusion.diffusion_rl import FinetuneDiffusion
 from model.diffusion.mlp import DiffusionMLP
-from model.rl.gaussian_ppo import PPOGaussian
-from model.rl.ppo import clipped_policy_loss, normalize_advantages, ratio_metrics, value_loss
+from model.rl.dql import dql_actor_loss, dql_critic_loss
+from model.rl.idql import CandidateSelector, expectile_loss, idql_v_loss
+from model.rl.ppo import PPOSettings, clipped_policy_loss, normalize_advantages, ppo_loss, ratio_metrics, value_loss
 from model.rl.weighted_regression import exponential_weights, standardize
 
 TA, DA, DO = 2, 2, 3
@@ -54,7 +54,7 @@ def test_clipped_policy_loss_value_loss_and_ratio_metrics_by_hand():
     expected_kl = sum((r - 1) - math.log(r) for r in ratio.tolist()) / 4
     assert metrics["approx_kl"] == pytest.approx(expected_kl)
     assert metrics["clipfrac"] == pytest.approx(0.5)
-    normalized = normalize_advantages(torch.tensor([1.0, 2.0, 3.0]))
+    normalized = normalize_advantages(torch.tensor([1.0, 2.0, 3.0]), PPOSettings())
     assert normalized.tolist() == pytest.approx([-1.0, 0.0, 1.0], abs=1e-6)
 
 
@@ -62,25 +62,27 @@ def test_gaussian_ppo_log_probs_and_loss_against_torch_distributions():
     torch.manual_seed(0)
     network = GaussianMLP(action_dim=DA, horizon_steps=TA, cond_dim=DO, mlp_dims=[16, 16, 16], fixed_std=0.1,
                           learn_fixed_std=True, std_min=0.01, std_max=0.2)
-    model = PPOGaussian(critic=nn.Identity(), network=network, horizon_steps=TA, obs_dim=DO, action_dim=DA,
-                        final_action_clip_value=None, clip_ploss_coef=0.1)
+    model = GaussianModel(network=network, horizon_steps=TA, obs_dim=DO, action_dim=DA, final_action_clip_value=None)
     assert torch.allclose(network.log_std.exp(), torch.full((TA, DA), 0.1)), "the learned std starts at BC's 0.1"
     cond = cond_of(4)
     actions, stored = model.explore(cond)
     assert torch.equal(stored["actions"], actions)
     mean, std = network(cond)
     expected = torch.distributions.Normal(mean, std).log_prob(actions).mean(dim=(-2, -1)).clamp(-5, 2)
-    torch.testing.assert_close(model.log_probs(cond, stored), expected)
+    torch.testing.assert_close(model.log_probs(cond, stored), expected[:, None])
+    torch.testing.assert_close(stored["log_probs"], expected[:, None])
 
-    model.critic = FixedV(0.0)
-    old_log_probs = expected.detach() - torch.tensor([0.5, -0.5, 0.01, 0.0])  # ratios e^0.5, e^-0.5, e^0.01, 1
+    old_log_probs = expected[:, None] - torch.tensor([[0.5], [-0.5], [0.01], [0.0]])  # ratios e^0.5, e^-0.5, e^0.01, 1
     advantages = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    out = model.bc_loss(cond, stored, torch.zeros(4), torch.zeros(4), advantages, old_log_probs)
-    adv = normalize_advantages(advantages)
+    settings = PPOSettings(clip_ploss_coef=0.1)
+    adv = normalize_advantages(advantages, settings)
+    out = ppo_loss(model, FixedV(0.0), cond, stored, torch.zeros(4), torch.zeros(4), adv, old_log_probs, settings)
     ratio = torch.tensor([0.5, -0.5, 0.01, 0.0]).exp()
     want = torch.max(-adv * ratio, -adv * ratio.clamp(0.9, 1.1)).mean()
     assert out.pg_loss.item() == pytest.approx(want.item(), rel=1e-5)
     assert out.clipfrac == pytest.approx(0.5)
+    # the entropy term acts (the reference returns minus the mean Normal entropy); a flipped sign would fail
+    assert out.entropy_loss.item() == pytest.approx(-torch.distributions.Normal(mean, std).entropy().mean().item())
 
 
 # ---- weighted regression (DRWR, DAWR) ---------------------------------------------------------------
@@ -99,7 +101,7 @@ def test_episode_returns_to_go_only_for_episodes_inside_the_rollout():
     rewards = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]])
     ends = torch.tensor([[False, False], [True, False], [False, False], [True, False]])
     firsts = torch.tensor([[False, True], [False, False], [True, False], [False, False]])
-    returns, complete = episode_returns_to_go(rewards, ends, firsts, gamma=0.5)
+    returns, complete = episode_returns_to_go(rewards, ends, firsts, torch.zeros_like(ends), gamma=0.5)
     assert complete.tolist() == [[False, False], [False, False], [True, False], [True, False]]
     assert returns[2, 0].item() == pytest.approx(3 + 0.5 * 4)  # gamma ** (t' - t)
     assert returns[3, 0].item() == pytest.approx(4.0)
@@ -107,9 +109,10 @@ def test_episode_returns_to_go_only_for_episodes_inside_the_rollout():
 
 
 # ---- replay ---------------------------------------------------------------------------------------
-def steps(start, n, n_envs=2):
+def steps(start, n, n_envs=2, cut=None):
     t = torch.arange(start, start + n, dtype=torch.float32)[:, None].expand(n, n_envs)
-    return {"obs": {"state": t[..., None, None].expand(n, n_envs, 1, DO).clone()}, "rewards": t + 0.5}
+    return {"obs": {"state": t[..., None, None].expand(n, n_envs, 1, DO).clone()}, "rewards": t + 0.5,
+            "cut": torch.zeros(n, n_envs, dtype=torch.bool) if cut is None else cut}
 
 
 def test_replay_keeps_the_newest_steps_in_time_order_and_round_trips():
@@ -135,40 +138,50 @@ def test_replay_keeps_the_newest_steps_in_time_order_and_round_trips():
     assert replay_gradient_steps(20000, 1000, 64) == 1280
 
 
+def test_replay_never_draws_a_cut_step():
+    replay = ReplayBuffer(capacity=4, n_envs=2, device="cpu")
+    cut = torch.tensor([[False, True], [True, False], [False, False]])
+    replay.add(steps(0, 3, cut=cut))
+    drawn = replay.sample(500)
+    pairs = {(r - 0.5, int(s)) for r, s in zip(drawn["rewards"].tolist(), drawn["cut"].tolist())}
+    assert not drawn["cut"].any()
+    assert {r for r, _ in pairs} == {0.0, 1.0, 2.0}, "every step with a step that happened is drawn"
+    replay.add(steps(3, 3))  # the cut rows are overwritten: every stored step is drawable
+    assert replay.sample(500)["rewards"].min() >= 2.5
+
+
 # ---- DQL ------------------------------------------------------------------------------------------
-def make_dql():
+def make_policy(**kwargs):
     torch.manual_seed(0)
-    return DQLDiffusion(critic=tiny_q(), act_steps=1, network=tiny_denoiser(), **DIFFUSION_KWARGS)
+    return FinetuneDiffusion(network=tiny_denoiser(), **DIFFUSION_KWARGS, **kwargs)
 
 
 def test_dql_critic_targets_use_the_target_critic_and_a_fresh_policy_action():
-    model = make_dql()
-    with torch.no_grad():  # make the target critic differ from the critic
-        for p in model.critic_target.parameters():
-            p.add_(0.3)
+    policy, critic, critic_target = make_policy(), tiny_q(), tiny_q()
     cond, next_cond = cond_of(6, 1), cond_of(6, 2)
-    actions = torch.randn(6, TA, DA)
-    rewards = torch.tensor([1.0, 0.0, -1.0, 2.0, 0.5, 0.0])
-    terminated = torch.tensor([False, True, False, False, True, False])
+    batch = {"obs": cond, "next_obs": next_cond, "actions": torch.randn(6, TA, DA),
+             "rewards": torch.tensor([1.0, 0.0, -1.0, 2.0, 0.5, 0.0]),
+             "terminated": torch.tensor([False, True, False, False, True, False])}
     torch.manual_seed(5)
-    loss = model.critic_loss(cond, next_cond, actions, rewards, terminated, gamma=0.9)
+    loss = dql_critic_loss(policy, critic, critic_target, batch, gamma=0.9, act_steps=1)
     torch.manual_seed(5)
     with torch.no_grad():
-        next_actions = model.sample(next_cond).actions
-        q1_next, q2_next = model.critic_target(next_cond, next_actions[:, :1])
-        targets = rewards + 0.9 * torch.where(terminated, 0.0, torch.min(q1_next, q2_next))
-        q1, q2 = model.critic(cond, actions[:, :1])
+        next_actions = policy.sample(next_cond).actions
+        q1_next, q2_next = critic_target(next_cond, next_actions[:, :1])
+        targets = batch["rewards"] + 0.9 * torch.where(batch["terminated"], 0.0, torch.min(q1_next, q2_next))
+        q1, q2 = critic(cond, batch["actions"][:, :1])
         want = ((q1 - targets) ** 2).mean() + ((q2 - targets) ** 2).mean()
     assert loss.item() == pytest.approx(want.item(), rel=1e-6)
 
 
 def test_dql_actor_loss_reaches_the_denoiser_through_the_whole_chain():
-    model = make_dql()
-    assert not model.sample(cond_of(4)).actions.requires_grad, "plain sampling builds no graph"
-    loss, terms = model.actor_loss(cond_of(4), torch.randn(4, TA, DA), eta=1.0)
-    model.network.zero_grad()
+    policy = make_policy()
+    assert not policy.sample(cond_of(4)).actions.requires_grad, "plain sampling builds no graph"
+    batch = {"obs": cond_of(4), "actions": torch.randn(4, TA, DA)}
+    loss, terms = dql_actor_loss(policy, tiny_q(), batch, eta=1.0, act_steps=1)
+    policy.actor_ft.zero_grad()
     (loss - terms["bc_loss"]).backward()  # the Q term alone
-    first_layer = model.network.mlp.input_layer.weight.grad
+    first_layer = policy.actor_ft.mlp.input_layer.weight.grad
     assert first_layer is not None and first_layer.abs().sum() > 0
 
 
@@ -197,10 +210,8 @@ class FixedV(nn.Module):
         return torch.full((cond["state"].shape[0],), self.value)
 
 
-def make_idql(value=0.0, **kwargs):
-    torch.manual_seed(0)
-    return IDQLDiffusion(critic_q=FixedQ(), critic_v=FixedV(value), act_steps=TA, network=tiny_denoiser(),
-                         **DIFFUSION_KWARGS, **kwargs)
+def make_selector(value=0.0, **kwargs):
+    return CandidateSelector(make_policy(), target_q=FixedQ(), critic_v=FixedV(value), act_steps=TA, **kwargs)
 
 
 def test_expectile_loss_by_hand():
@@ -209,14 +220,14 @@ def test_expectile_loss_by_hand():
 
 
 def test_idql_value_loss_regresses_v_to_an_expectile_of_target_q():
-    model = make_idql(value=0.5)
     actions = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[-1.0, 0.0], [0.0, 0.0]]])  # Q = 1 and -1
     # diffs Q - V: 0.5 (weight 0.8), -1.5 (weight 0.2)
-    assert model.v_loss(cond_of(2), actions).item() == pytest.approx((0.8 * 0.25 + 0.2 * 2.25) / 2)
+    loss = idql_v_loss(FixedV(0.5), FixedQ(), {"obs": cond_of(2), "actions": actions}, expectile=0.8, act_steps=TA)
+    assert loss.item() == pytest.approx((0.8 * 0.25 + 0.2 * 2.25) / 2)
 
 
 def test_idql_acting_picks_the_best_candidate_and_explores_with_implicit_weights():
-    model = make_idql(eval_num_sample=7, num_sample=6)
+    model = make_selector(eval_num_sample=7, num_sample=6)
     cond = cond_of(3)
     torch.manual_seed(1)
     chosen = model.act(cond)

@@ -1,9 +1,11 @@
-"""A one-step reach task with a known optimum, for learning tests of every fine-tuning algorithm.
+"""A short 1-D reach with a time limit and a known optimum, for learning tests of every fine-tuning algorithm.
 
-Each episode is one step: the observation is constant, the reward is 1 - ||a - TARGET||^2 and
-the episode terminates, so the best return is OPTIMUM = 1 at a = TARGET. `pretrain_toy_policy` fits
-a policy to poor demonstrations centred at DEMO_MEAN (return about 0). The reward is positive near
-the optimum so that DQL's Q normalization (-Q / mean|Q|) does not divide by values near zero.
+The agent starts at x = 0 and moves by STEP_SIZE * a per step (a in [-1, 1]) towards GOAL; each step costs the
+distance left, -|x - GOAL|; the episode terminates when the distance falls below TOLERANCE and is truncated by the
+time limit after MAX_STEPS steps. Policies act in chunks of HORIZON actions (all executed), so one chunk-step is
+HORIZON env steps: gamma, bootstrapping on truncation, termination, chunking and auto-resets all take part.
+The best return is OPTIMUM (full speed to the goal); `pretrain_toy_policy` fits a policy to poor demonstrations
+that drift away from it (return about DEMO_RETURN).
 """
 
 import os
@@ -17,70 +19,73 @@ from model.diffusion.diffusion import DiffusionModel
 from model.diffusion.mlp import DiffusionMLP
 from model.flow.flow import FlowModel
 
-ENV_ID = "dppo-test/ReachBandit-v0"
-TARGET = np.array([0.5, -0.3], dtype=np.float32)
-DEMO_MEAN = np.array([-0.3, 0.3], dtype=np.float32)
-DEMO_STD = 0.1
-OPTIMUM = 1.0
-OBS_DIM, ACTION_DIM = 2, 2
+ENV_ID = "dppo-test/Reach1D-v0"
+GOAL, STEP_SIZE, TOLERANCE, MAX_STEPS = 0.5, 0.1, 0.05, 10
+OPTIMUM = -(0.4 + 0.3 + 0.2 + 0.1)  # a = 1 reaches the goal on the 5th step
+DEMO_MEAN, DEMO_STD = -0.3, 0.1
+DEMO_RETURN = -sum(GOAL + STEP_SIZE * -DEMO_MEAN * (t + 1) for t in range(MAX_STEPS))  # about -6.65
+OBS_DIM, ACTION_DIM, HORIZON = 1, 1, 2
 HIDDEN = [32, 32, 32]
 DENOISING_STEPS = 5
 
 
-class ReachBandit(gym.Env):
-    """Constant observation (OBS_DIM,), actions in [-1, 1]^ACTION_DIM, one step, reward 1 - ||a - TARGET||^2."""
+class Reach1D(gym.Env):
+    """Observation (x,), action (a,) in [-1, 1], x <- clip(x + STEP_SIZE * a, -1, 1), reward -|x - GOAL|."""
 
     observation_space = gym.spaces.Box(-1.0, 1.0, shape=(OBS_DIM,), dtype=np.float32)
     action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
 
     def __init__(self, render_mode=None):
         self.render_mode = render_mode
+        self.x = 0.0
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        return np.zeros(OBS_DIM, dtype=np.float32), {}
+        self.x = 0.0
+        return np.array([self.x], dtype=np.float32), {}
 
     def step(self, action):
-        reward = OPTIMUM - float(np.sum((np.clip(action, -1.0, 1.0) - TARGET) ** 2))
-        return np.zeros(OBS_DIM, dtype=np.float32), reward, True, False, {}
+        self.x = float(np.clip(self.x + STEP_SIZE * np.clip(action[0], -1.0, 1.0), -1.0, 1.0))
+        distance = abs(self.x - GOAL)
+        return np.array([self.x], dtype=np.float32), -distance, distance < TOLERANCE, False, {}
 
 
 if ENV_ID not in gym.registry:
-    gym.register(ENV_ID, entry_point=ReachBandit)
+    gym.register(ENV_ID, entry_point=Reach1D, max_episode_steps=MAX_STEPS)
 
 
 def toy_overrides(policy_path, logdir) -> list[str]:
     """Hydra overrides that point a fine-tuning config at the toy task and a tiny policy."""
     return [
-        "env.family=gym", f"env.id={ENV_ID}", f"obs_dim={OBS_DIM}", f"action_dim={ACTION_DIM}", "horizon_steps=1", "act_steps=1",
-        "cond_steps=1", f"base_policy_path={policy_path}", "normalization_path=null", f"logdir={logdir}",
-        "wandb=null", "device=cpu", "env.asynchronous=false", f"model.network.mlp_dims={HIDDEN}",
-        "dataset_dir=unused",
+        "env.family=gym", f"env.id={ENV_ID}", f"obs_dim={OBS_DIM}", f"action_dim={ACTION_DIM}",
+        f"horizon_steps={HORIZON}", f"act_steps={HORIZON}", "cond_steps=1", f"base_policy_path={policy_path}",
+        "normalization_path=null", f"logdir={logdir}", "wandb=null", "device=cpu", "env.asynchronous=false",
+        f"model.network.mlp_dims={HIDDEN}", "dataset_dir=unused",
     ]
 
 
 def demo_actions(n: int, seed: int = 0) -> torch.Tensor:
-    """(n, 1, ACTION_DIM) poor demonstrations around DEMO_MEAN."""
+    """(n, HORIZON, ACTION_DIM) poor demonstrations around DEMO_MEAN."""
     rng = np.random.default_rng(seed)
-    return torch.as_tensor(DEMO_MEAN + DEMO_STD * rng.normal(size=(n, 1, ACTION_DIM)), dtype=torch.float32)
+    return torch.as_tensor(DEMO_MEAN + DEMO_STD * rng.normal(size=(n, HORIZON, ACTION_DIM)), dtype=torch.float32)
 
 
 def pretrain_toy_policy(directory, kind: str, steps: int = 400, seed: int = 0) -> str:
     """Behaviour cloning of a tiny diffusion, flow or Gaussian policy on the poor demonstrations; returns its file."""
     torch.manual_seed(seed)
     if kind in ("diffusion", "flow"):
-        network = DiffusionMLP(action_dim=ACTION_DIM, horizon_steps=1, cond_dim=OBS_DIM, mlp_dims=HIDDEN)
+        network = DiffusionMLP(action_dim=ACTION_DIM, horizon_steps=HORIZON, cond_dim=OBS_DIM, mlp_dims=HIDDEN)
         if kind == "diffusion":
-            model = DiffusionModel(network, horizon_steps=1, obs_dim=OBS_DIM, action_dim=ACTION_DIM,
+            model = DiffusionModel(network, horizon_steps=HORIZON, obs_dim=OBS_DIM, action_dim=ACTION_DIM,
                                    denoising_steps=DENOISING_STEPS)
         else:
-            model = FlowModel(network, horizon_steps=1, obs_dim=OBS_DIM, action_dim=ACTION_DIM)
+            model = FlowModel(network, horizon_steps=HORIZON, obs_dim=OBS_DIM, action_dim=ACTION_DIM)
     else:
-        network = GaussianMLP(action_dim=ACTION_DIM, horizon_steps=1, cond_dim=OBS_DIM, mlp_dims=HIDDEN)
-        model = GaussianModel(network, horizon_steps=1, obs_dim=OBS_DIM, action_dim=ACTION_DIM)
+        network = GaussianMLP(action_dim=ACTION_DIM, horizon_steps=HORIZON, cond_dim=OBS_DIM, mlp_dims=HIDDEN)
+        model = GaussianModel(network, horizon_steps=HORIZON, obs_dim=OBS_DIM, action_dim=ACTION_DIM)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     actions = demo_actions(1024, seed)
-    cond = {"state": torch.zeros(256, 1, OBS_DIM)}
+    cond = {"state": torch.rand(256, 1, OBS_DIM) * 2 - 1}  # demonstrations from everywhere on the line
     for step in range(steps):
         idx = torch.randint(len(actions), (256,))
         loss = model.bc_loss(actions[idx], cond)

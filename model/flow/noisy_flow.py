@@ -32,37 +32,45 @@ HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 class NoiseNetwork(nn.Module):
     """sigma per chunk element, in [sigma_min, sigma_max] (log-space tanh squashing).
 
-    Inputs: the time embedding, the flattened observations and, when `use_x`, the flattened x_k (ReinFlow's noise
-    head reads (s, t) only). x: (B, Ta, Da), t: (B,) already scaled like the velocity network's,
-    cond["state"]: (B, To, Do) -> (B, Ta, Da). The output layer starts at zero, so every sigma starts at
-    sqrt(sigma_min * sigma_max). `sigma_max` may be lowered during training (`set_sigma_max`).
+    Inputs: time features, the flattened observations and, when `use_x`, the flattened x_k. The time features are
+    its own sinusoidal embedding of t, or with `velocity_time_features` the velocity network's learned time
+    embedding, detached, which the policy passes in (ReinFlow's noise head: (s, t) only, plain Tanh MLP 64 x 2,
+    default initialization). x: (B, Ta, Da), t: (B,) already scaled like the velocity network's,
+    cond["state"]: (B, To, Do) -> (B, Ta, Da). With `zero_init` the output layer starts at zero, so every sigma
+    starts at sqrt(sigma_min * sigma_max). `sigma_max` may be lowered during training (`set_sigma_max`).
     """
 
     def __init__(self, action_dim: int, horizon_steps: int, cond_dim: int, mlp_dims: list[int] = (128, 128, 128),
                  time_dim: int = 16, activation: str = "Mish", sigma_min: float = 0.08, sigma_max: float = 0.16,
-                 use_x: bool = True):
+                 use_x: bool = True, velocity_time_features: bool = False, residual: bool = True,
+                 zero_init: bool = True):
         super().__init__()
         if not 0 < sigma_min <= sigma_max:
             raise ValueError(f"NoiseNetwork needs 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}.")
         self.horizon_steps = horizon_steps
         self.action_dim = action_dim
         self.use_x = use_x
+        self.velocity_time_features = velocity_time_features
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
-        self.time_embedding = SinusoidalPosEmb(time_dim)
+        self.time_embedding = None if velocity_time_features else SinusoidalPosEmb(time_dim)
         input_dim = time_dim + cond_dim + (horizon_steps * action_dim if use_x else 0)
-        self.mlp = make_mlp(input_dim, mlp_dims, horizon_steps * action_dim, residual=True, activation=activation)
-        nn.init.zeros_(self.mlp.output_layer.weight)
-        nn.init.zeros_(self.mlp.output_layer.bias)
+        self.mlp = make_mlp(input_dim, mlp_dims, horizon_steps * action_dim, residual=residual, activation=activation)
+        if zero_init:
+            nn.init.zeros_(self.mlp.output_layer.weight)
+            nn.init.zeros_(self.mlp.output_layer.bias)
 
     def set_sigma_max(self, sigma_max: float) -> None:
         if not self.sigma_min <= sigma_max:
             raise ValueError(f"sigma_max {sigma_max} is below sigma_min {self.sigma_min}.")
         self.sigma_max = sigma_max
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict,
+                time_features: torch.Tensor | None = None) -> torch.Tensor:
+        """time_features: (B, time_dim), required with `velocity_time_features`, else ignored."""
         batch = x.shape[0]
-        inputs = [self.time_embedding(t), cond["state"].reshape(batch, -1)]
+        time_features = time_features.detach() if self.velocity_time_features else self.time_embedding(t)
+        inputs = [time_features, cond["state"].reshape(batch, -1)]
         if self.use_x:
             inputs.insert(0, x.reshape(batch, -1))
         squashed = (torch.tanh(self.mlp(torch.cat(inputs, dim=-1))) + 1) / 2
@@ -117,18 +125,27 @@ class NoisyFlowPolicy(FlowModel, FinetunePolicy):
         mean = x + self.velocity(x, t, cond) / self.inference_steps
         if self.step_mean_clip is not None:
             mean = mean.clamp(-self.step_mean_clip, self.step_mean_clip)
-        return mean, self.noise_network(x, t * self.time_scale, cond)
+        time_features = None
+        if self.noise_network.velocity_time_features:
+            time_features = self.network.time_embedding(t * self.time_scale)
+        return mean, self.noise_network(x, t * self.time_scale, cond, time_features)
 
     def noisy_chain(self, cond: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A noisy Euler chain from clipped noise: (chains (B, K + 1, Ta, Da), element-wise step log-densities
-        (B, K, Ta, Da), stds (B, K, Ta, Da)); differentiable when grad is enabled (reparameterized draws)."""
+        (B, K, Ta, Da), stds (B, K, Ta, Da)); differentiable when grad is enabled (reparameterized draws).
+
+        The last entry is clipped to +-final_action_clip_value when set (ReinFlow), and its log-density is that
+        of the clipped value, the action the chain stores and the env runs.
+        """
         batch = cond["state"].shape[0]
         x = self.initial_noise(batch)
         chain, log_probs, stds = [x], [], []
-        for t in self.times():
+        for k, t in enumerate(self.times()):
             mean, std = self.step_distribution(x, torch.full((batch,), t, device=self.device), cond)
             noise = torch.randn_like(x).clamp(-self.randn_clip_value, self.randn_clip_value)
             x = mean + std * noise
+            if k == self.inference_steps - 1:
+                x = self.clip_final(x)
             chain.append(x)
             log_probs.append(torch.distributions.Normal(mean, std, validate_args=False).log_prob(x))
             stds.append(std)
@@ -140,11 +157,11 @@ class NoisyFlowPolicy(FlowModel, FinetunePolicy):
         {"chains": (B, K + 1, Ta, Da) with x_0 first, "log_probs": (B, 1), equal to `log_probs`}."""
         chains, step_log_probs, _ = self.noisy_chain(cond)
         log_probs = self.chain_log_prob(chains[:, 0], step_log_probs)
-        return self.clip_final(chains[:, -1]), {"chains": chains, "log_probs": log_probs}
+        return chains[:, -1], {"chains": chains, "log_probs": log_probs}
 
     def sample_differentiable(self, cond: dict) -> torch.Tensor:
         """Exploring chunks (B, Ta, Da) with the graph through the velocity and noise networks."""
-        return self.clip_final(self.noisy_chain(cond)[0][:, -1])
+        return self.noisy_chain(cond)[0][:, -1]
 
     def step_log_probs(self, cond: dict, chains: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Element-wise log N(x_{k+1}; mean_k, sigma_k^2) of each step and the stds: (B, K, Ta, Da) each.
@@ -171,9 +188,14 @@ class NoisyFlowPolicy(FlowModel, FinetunePolicy):
         return (total / n_terms).clamp(self.logprob_min, self.logprob_max)[:, None]
 
     def log_probs_and_entropy(self, cond: dict, stored: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1) log-probability of each stored chain (B, K + 1, Ta, Da) and the mean entropy (B,) of its K
-        noisy steps."""
+        """(B, 1) log-probability of each stored chain (B, K + 1, Ta, Da) and its entropy (B,): "per_step", the
+        mean entropy of the K noisy steps' elements; "chain_mean" (ReinFlow), that of the K + 1 terms x_0 (unit
+        normal) and the steps, per element, the normalization of its log-probability."""
         chains = stored["chains"]
         step_log_probs, std = self.step_log_probs(cond, chains)
-        entropy = (HALF_LOG_2PI_E + std.log()).mean(dim=(1, 2, 3))
+        step_entropy = HALF_LOG_2PI_E + std.log()  # (B, K, Ta, Da)
+        if self.log_prob_reduction == "per_step":
+            entropy = step_entropy.mean(dim=(1, 2, 3))
+        else:
+            entropy = (HALF_LOG_2PI_E + step_entropy.sum(dim=1).mean(dim=(-2, -1))) / (self.inference_steps + 1)
         return self.chain_log_prob(chains[:, 0], step_log_probs), entropy
