@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from agent.finetune.returns import compute_gae
+from agent.finetune.returns import compute_gae, segment_ends
 
 F, T = False, True
 
@@ -70,3 +70,35 @@ def test_inputs_are_not_modified():
     compute_gae(rewards, values, next_values, episode_ends, gamma=0.9, gae_lambda=0.95)
     for original, copy in zip((rewards, values, next_values, episode_ends), copies):
         assert torch.equal(original, copy)
+
+
+def test_td_lambda_over_a_replay_restarts_at_an_episode_start_without_an_end():
+    """Two 2-step rollouts of one env, the second after a reset (evaluation, resume, reset_at_iteration), its
+    rewards 100, critic zero: the first episode's targets stay 0. Without the cut at the start they took the next
+    episode's returns."""
+    rewards = torch.tensor([[0.0], [0.0], [100.0], [100.0]])
+    ends = torch.tensor([[False], [False], [False], [True]])
+    firsts = torch.tensor([[True], [False], [True], [False]])
+    cut = torch.zeros_like(ends)
+    zeros = torch.zeros_like(rewards)
+    targets = compute_gae(rewards, zeros, zeros, segment_ends(ends, firsts, cut), gamma=0.99, gae_lambda=0.95)
+    assert targets[:2, 0].tolist() == [0.0, 0.0]
+    assert targets[2:, 0].tolist() == pytest.approx([100 + 0.99 * 0.95 * 100, 100])
+    leaked = compute_gae(rewards, zeros, zeros, ends, gamma=0.99, gae_lambda=0.95)
+    assert leaked[:2, 0].min() > 50, "cut only at episode ends, the first episode takes the second's returns"
+
+
+def test_a_cut_step_is_no_bootstrap_for_the_step_before_it():
+    """A worker restart at step 2 inserts a transition that never happened (reward 0, truncated): step 1's
+    advantage bootstraps from V(its next obs) and does not chain into the cut step's advantage."""
+    rewards = torch.tensor([[1.0], [1.0], [0.0], [1.0]])
+    values = torch.tensor([[0.5], [0.5], [3.0], [0.5]])
+    next_values = torch.tensor([[0.5], [3.0], [3.0], [0.5]])
+    ends = torch.tensor([[False], [False], [True], [False]])
+    firsts = torch.tensor([[True], [False], [False], [True]])
+    cut = torch.tensor([[False], [False], [True], [False]])
+    advantages = compute_gae(rewards, values, next_values, segment_ends(ends, firsts, cut), gamma=0.9,
+                             gae_lambda=0.8)
+    assert advantages[1, 0].item() == pytest.approx(1 + 0.9 * 3.0 - 0.5)  # its own TD error only
+    chained = compute_gae(rewards, values, next_values, ends, gamma=0.9, gae_lambda=0.8)
+    assert chained[1, 0].item() != pytest.approx(advantages[1, 0].item())

@@ -85,34 +85,53 @@ def test_finetuning_two_iterations(pretrained, tmp_path):
     assert os.path.exists(tmp_path / "checkpoint" / "last.pt")
 
 
-@pytest.mark.parametrize("config_name, extra", [
-    ("ft_rwr_diffusion_mlp", ["train.batch_size=4"]),
-    ("ft_awr_diffusion_mlp", ["train.buffer_size=8", "train.replay_ratio=2", "critic.mlp_dims=[32,32,32]"]),
-    ("ft_dql_diffusion_mlp", ["train.buffer_size=8", "train.replay_ratio=2", "train.n_critic_warmup_itr=1",
-                              "critic.mlp_dims=[32,32,32]"]),
-    ("ft_idql_diffusion_mlp", ["train.buffer_size=8", "train.replay_ratio=2", "train.n_critic_warmup_itr=1",
-                               "critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]"]),
-])
-def test_baseline_finetuning_two_iterations_on_hopper(pretrained, tmp_path, config_name, extra):
-    dataset_dir, _ = pretrained
-    overrides = [o for o in finetune_overrides(dataset_dir, tmp_path, n_train_itr=2)
-                 if not o.startswith(("model.critic", "ft_denoising_steps", "train.update_epochs"))]
-    run_config(config_name, overrides + extra)
-    train = [r for r in read_metrics(tmp_path) if "train/env_steps" in r]
+REPLAY = ["train.buffer_size=8", "train.replay_ratio=2", "train.n_critic_warmup_itr=1"]
+# Every algorithm x policy preset: 2 iterations on Hopper from a tiny pre-trained policy of its kind.
+PAIRS = {
+    "ft_ppo_diffusion_mlp": ["ft_denoising_steps=4"],
+    "ft_ppo_flow_mlp": ["model.noise_network.mlp_dims=[16,16,16]"],
+    "ft_reinflow_flow_mlp": ["model.noise_network.mlp_dims=[16,16]"],
+    "ft_ppo_gaussian_mlp": [],
+    "ft_rwr_diffusion_mlp": [],
+    "ft_rwr_flow_mlp": [],
+    "ft_awr_diffusion_mlp": ["train.buffer_size=8", "train.replay_ratio=2"],
+    "ft_awr_flow_mlp": ["train.buffer_size=8", "train.replay_ratio=2"],
+    "ft_dql_diffusion_mlp": REPLAY,
+    "ft_dql_flow_mlp": REPLAY,
+    "ft_idql_diffusion_mlp": REPLAY + ["critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]"],
+    "ft_idql_flow_mlp": REPLAY + ["critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_policy_dirs(pretrained, tmp_path_factory):
+    """{policy kind: dataset dir holding pretrained/<kind>_mlp.pt}."""
+    dirs = {"diffusion": pretrained[0]}
+    for kind in ("flow", "gaussian"):
+        dirs[kind] = pretrain_tiny_policy(kind, tmp_path_factory.mktemp(kind))
+    return dirs
+
+
+@pytest.mark.parametrize("config_name", list(PAIRS))
+def test_every_algorithm_and_policy_fine_tunes_two_iterations_on_hopper(tiny_policy_dirs, tmp_path, config_name):
+    kind = next(kind for kind in ("diffusion", "flow", "gaussian") if f"_{kind}_" in config_name)
+    overrides = TINY_MODEL + [
+        f"dataset_dir={tiny_policy_dirs[kind]}", f"logdir={tmp_path}", "env.n_envs=2", "env.asynchronous=false",
+        "train.n_steps=8", "train.n_train_itr=2", "train.batch_size=8", "train.val_freq=2",
+        "train.reset_at_iteration=true",
+    ]
+    if kind == "diffusion":
+        overrides.append("denoising_steps=10")
+    if "_idql_" not in config_name and "_rwr_" not in config_name:
+        overrides.append("critic.mlp_dims=[32,32,32]")
+    run_config(config_name, overrides + PAIRS[config_name])
+    rows = read_metrics(tmp_path)
+    train = [r for r in rows if "train/env_steps" in r]
     assert [r["step"] for r in train] == [1, 2]
     assert train[-1]["train/env_steps"] > train[0]["train/env_steps"] > 0
+    assert all(np.isfinite(v) for r in train for k, v in r.items() if k.endswith("loss"))
+    assert [r["step"] for r in rows if "eval/episode_return" in r] == [0, 2]
     assert os.path.exists(tmp_path / "checkpoint" / "last.pt")
-
-
-def test_gaussian_ppo_two_iterations_from_gaussian_bc(tmp_path):
-    dataset_dir = pretrain_tiny_policy("gaussian", tmp_path)
-    run_dir = tmp_path / "ft"
-    overrides = [o for o in finetune_overrides(dataset_dir, run_dir, n_train_itr=2)
-                 if not o.startswith(("denoising_steps", "ft_denoising_steps"))]
-    run_config("ft_ppo_gaussian_mlp", overrides)
-    train = [r for r in read_metrics(run_dir) if "train/pg_loss" in r]
-    assert [r["step"] for r in train] == [1, 2]
-    assert all(np.isfinite(r["train/pg_loss"]) for r in train)
 
 
 def test_ddim_without_ddim_steps_gets_one_line():
@@ -190,35 +209,45 @@ def test_finetuning_options_ddim_bc_value_clipping_critic_warmup(pretrained, tmp
     dataset_dir, _ = pretrained
     overrides = finetune_overrides(dataset_dir, tmp_path, n_train_itr=2) + [
         "use_ddim=true", "ddim_steps=5", "ft_denoising_steps=5", "train.use_bc_loss=true", "train.bc_coef=0.1",
-        "model.clip_vloss_coef=0.2", "train.n_critic_warmup_itr=1", "train.max_grad_norm=1.0",
+        "train.clip_vloss_coef=0.2", "train.n_critic_warmup_itr=1", "train.max_grad_norm=1.0",
         "train.reward_scale_running=false",
     ]
     cfg = compose_config("ft_ppo_diffusion_mlp", overrides)
     agent = hydra.utils.get_class(cfg._target_)(cfg)
     actor_before = [p.detach().clone() for p in agent.model.actor_ft.parameters()]
-    critic_before = [p.detach().clone() for p in agent.model.critic.parameters()]
+    critic_before = [p.detach().clone() for p in agent.critic.parameters()]
     agent.cfg.train.n_train_itr = 1
     agent.run()
     assert all(bool((a == b).all()) for a, b in zip(actor_before, agent.model.actor_ft.parameters())), \
         "the actor must not step during critic warm-up"
-    assert any(bool((a != b).any()) for a, b in zip(critic_before, agent.model.critic.parameters()))
+    assert any(bool((a != b).any()) for a, b in zip(critic_before, agent.critic.parameters()))
     rows = [r for r in read_metrics(tmp_path) if "train/bc_loss" in r]
     assert rows[-1]["train/bc_loss"] != 0
 
 
-def test_flow_pretraining_evaluation_with_one_step_and_reinflow_finetuning(tmp_path):
-    dataset_dir = pretrain_tiny_policy("flow", tmp_path)
-    results = evaluate_tiny("eval_flow_mlp", dataset_dir, tmp_path / "eval", ["+model_overrides.inference_steps=1"])
+def test_flow_pretraining_and_evaluation_with_one_step(tiny_policy_dirs, tmp_path):
+    results = evaluate_tiny("eval_flow_mlp", tiny_policy_dirs["flow"], tmp_path / "eval",
+                            ["+model_overrides.inference_steps=1"])
     assert results["n_episodes"] == 2
     with open(tmp_path / "eval" / "config.yaml") as f:
         assert "inference_steps: 1" in f.read()
+
+
+def test_evaluation_of_a_fine_tuned_idql_checkpoint_chooses_by_q(tiny_policy_dirs, tmp_path):
+    """eval_* on an IDQL fine-tuning checkpoint acts as IDQL does: the best of 20 candidates by its critics."""
     run_dir = tmp_path / "ft"
-    overrides = [o for o in finetune_overrides(dataset_dir, run_dir, n_train_itr=2)
-                 if not o.startswith(("denoising_steps", "ft_denoising_steps"))]
-    run_config("ft_ppo_flow_mlp", overrides + ["model.inference_steps=2", "model.noise_network.mlp_dims=[16,16,16]"])
-    train = [r for r in read_metrics(run_dir) if "train/pg_loss" in r]
-    assert [r["step"] for r in train] == [1, 2]
-    assert all(np.isfinite(r["train/entropy_loss"]) for r in train)
+    run_config("ft_idql_diffusion_mlp", TINY_MODEL + REPLAY + [
+        f"dataset_dir={tiny_policy_dirs['diffusion']}", f"logdir={run_dir}", "env.n_envs=2", "env.asynchronous=false",
+        "train.n_steps=8", "train.n_train_itr=1", "train.batch_size=8", "train.val_freq=null", "denoising_steps=10",
+        "critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]"])
+    from agent.eval.eval_agent import load_policy
+    from model.rl.idql import CandidateSelector
+
+    actor, _ = load_policy(str(run_dir / "checkpoint" / "last.pt"), "cpu")
+    assert isinstance(actor, CandidateSelector) and actor.eval_num_sample == 20
+    results = evaluate_tiny("eval_diffusion_mlp", tiny_policy_dirs["diffusion"], tmp_path / "eval",
+                            [f"checkpoint_path={run_dir / 'checkpoint' / 'last.pt'}"])
+    assert results["n_episodes"] == 2
 
 
 NEW_TASK_FILE = """# @package _global_

@@ -17,7 +17,7 @@ from agent.finetune.returns import episode_returns_to_go
 from agent.finetune.rollout import Rollout, flatten_steps, index_samples
 from model.rl.weighted_regression import exponential_weights, standardize
 
-RETURN_EPS = 1e-3  # the reference's epsilon when standardizing DRWR returns
+RETURN_EPS = 1e-3  # the reference standardizes DRWR returns with the population std + 1e-3
 
 
 class RWRAgent(FinetuneAgent):
@@ -36,7 +36,7 @@ class RWRAgent(FinetuneAgent):
             return {"n_samples": 0}  # no episode both started and ended in this rollout
         obs = index_samples(flatten_steps(rollout.obs), keep)
         actions = flatten_steps(rollout.actions)[keep]
-        weights = exponential_weights(standardize(returns.reshape(-1)[keep], RETURN_EPS), train.beta,
+        weights = exponential_weights(standardize(returns.reshape(-1)[keep], RETURN_EPS, unbiased=False), train.beta,
                                       train.max_reward_weight)
         history = {"loss": []}
         batch_size = min(train.batch_size, n_samples)

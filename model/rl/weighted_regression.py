@@ -5,9 +5,10 @@ import torch
 SCORE_EPS = 1e-6
 
 
-def standardize(scores: torch.Tensor, eps: float = SCORE_EPS) -> torch.Tensor:
-    """(x - mean) / (std + eps) over all elements."""
-    return (scores - scores.mean()) / (scores.std() + eps)
+def standardize(scores: torch.Tensor, eps: float = SCORE_EPS, unbiased: bool = True) -> torch.Tensor:
+    """(x - mean) / (std + eps) over all elements; the unbiased std (DAWR) or the population std (DRWR), as the
+    reference does."""
+    return (scores - scores.mean()) / (scores.std(unbiased=unbiased) + eps)
 
 
 def exponential_weights(scores: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:

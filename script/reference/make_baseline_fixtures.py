@@ -7,8 +7,9 @@ Imports the reference's modules from the checkout (irom-lab/dppo), builds small 
 runs the reference's own functions (and, for DRWR and DAWR, one iteration of the agent's `run()` on a scripted vector
 env) and saves configs, state dicts (reference parameter names), inputs, every random value drawn inside the calls,
 and outputs in one file that `torch.load(weights_only=True)` reads. script/reference/README.md describes each entry.
-Nothing here re-implements the reference: values come out of its code; this script only feeds it and listens
-(forward hooks, wrapped methods, a tracer that copies the agents' local variables, recorded random draws).
+Values come out of the reference's code: this script feeds it and listens (forward hooks, wrapped methods, a tracer
+that copies the agents' local variables, recorded random draws). The few entries derived here from reference tensors
+(listed in the README) apply the reference's own formula to them, for convenience.
 """
 
 import argparse
