@@ -10,6 +10,8 @@ import sys
 import time
 
 import hydra
+
+import agent.finetune.ppo as ppo_module
 import pytest
 import torch
 from conftest import compose_config, finetune_overrides, run_config
@@ -103,7 +105,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_checkpoint(pretrai
     assert_complete_without_duplicates(tmp_path)
 
 
-def test_nan_loss_stops_the_run_and_leaves_last_checkpoint_byte_identical(tmp_path):
+def test_nan_loss_stops_the_run_and_leaves_last_checkpoint_byte_identical(monkeypatch, tmp_path):
     policy = pretrain_toy_policy(tmp_path, "diffusion", steps=50)
     overrides = toy_overrides(policy, tmp_path / "run") + [
         "env.n_envs=4", "train.n_steps=8", "train.batch_size=16", "denoising_steps=5", "ft_denoising_steps=5",
@@ -115,14 +117,14 @@ def test_nan_loss_stops_the_run_and_leaves_last_checkpoint_byte_identical(tmp_pa
 
     cfg = compose_config("ft_ppo_diffusion_mlp", overrides + ["train.n_train_itr=3", f"resume={tmp_path / 'run'}"])
     agent = hydra.utils.get_class(cfg._target_)(cfg)
-    clean_loss = agent.model.normalized_loss
+    clean_loss = ppo_module.ppo_loss
 
     def poisoned_loss(*args, **kwargs):
         out = clean_loss(*args, **kwargs)
         out.pg_loss = out.pg_loss * float("nan")
         return out
 
-    agent.model.normalized_loss = poisoned_loss
+    monkeypatch.setattr(ppo_module, "ppo_loss", poisoned_loss)
     with pytest.raises(NonFiniteError) as info:
         agent.run()
     message = str(info.value)
