@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 from agent.finetune.base import FinetuneAgent, mean_metrics
 from agent.finetune.replay import replay_gradient_steps
 from agent.finetune.rollout import Rollout
-from model.rl.dql import dql_actor_loss, dql_critic_loss
 from model.common.critic import soft_update
+from model.rl.dql import dql_actor_loss, dql_critic_loss
 
 
 class DQLAgent(FinetuneAgent):
