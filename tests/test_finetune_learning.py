@@ -59,9 +59,7 @@ ALGORITHMS = {
     "ft_awr_diffusion_mlp": AWR + DIFFUSION,
     "ft_awr_flow_mlp": AWR,
     "ft_dql_diffusion_mlp": DQL + DIFFUSION,
-    # the flow's chunks are unbounded (policy/flow.yaml): clipped as the env clips them, else the actor drives them
-    # out of [-1, 1], where the critic only extrapolates
-    "ft_dql_flow_mlp": DQL + NOISE_NETWORK + ["model.final_action_clip_value=1"],
+    "ft_dql_flow_mlp": DQL + NOISE_NETWORK,  # the preset clips the flow's final action to the box
     "ft_idql_diffusion_mlp": IDQL + DIFFUSION,
     "ft_idql_flow_mlp": IDQL,
 }

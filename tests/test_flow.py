@@ -132,3 +132,23 @@ def test_ppo_flow_loss_has_unit_ratio_on_fresh_chains_and_trains_both_networks()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
     assert {id(p) for p in model.actor_parameters()} == \
         {id(p) for p in [*model.network.parameters(), *model.noise_network.parameters()]}
+
+
+def test_reinflow_deviations_one_time_grid_and_clipped_x0():
+    """Deliberate deviations from ReinFlow's code: the sampler steps at the times the log-probs are recomputed at,
+    k / K (ReinFlow samples at k / (K - 1), so its fresh chains start PPO at a ratio other than 1), and x_0 is
+    clipped to +-randn_clip_value like every other draw (ReinFlow leaves x_0 unclipped)."""
+    model = make_ppo_flow(randn_clip_value=0.5)
+    assert model.times() == [k / K for k in range(K)]
+    seen = []
+    original = model.step_distribution
+
+    def recording(x, t, cond):
+        seen.append(t[0].item())
+        return original(x, t, cond)
+
+    model.step_distribution = recording
+    _, stored = model.explore(cond_of(64))
+    assert seen == pytest.approx(model.times())
+    x0 = stored["chains"][:, 0]
+    assert x0.abs().max() == pytest.approx(0.5)

@@ -256,3 +256,72 @@ def test_curve_panels_follow_the_losses_an_algorithm_logs():
     assert curve_panels(dql_keys) == {
         "reward": ["train/episode_return", "eval/episode_return"], "critic_loss": ["train/critic_loss"],
         "actor_loss": ["train/actor_loss"], "bc_loss": ["train/bc_loss"], "q_loss": ["train/q_loss"]}
+
+
+# ---- the differentiable chain (DQL's actor loss), checked against finite differences ------------
+def make_flow_policy():
+    from model.flow.noisy_flow import NoiseNetwork, NoisyFlowPolicy
+    torch.manual_seed(0)
+    noise = NoiseNetwork(action_dim=DA, horizon_steps=TA, cond_dim=DO, mlp_dims=[16, 16, 16], sigma_min=0.05,
+                         sigma_max=0.2)
+    return NoisyFlowPolicy(noise_network=noise, network=tiny_denoiser(), horizon_steps=TA, obs_dim=DO, action_dim=DA,
+                           inference_steps=4, final_action_clip_value=None)
+
+
+CHAIN_STEP_METHOD = {"diffusion": "p_mean_var_from_features", "flow": "step_distribution"}
+
+
+def detach_input_at_call(policy, method_name, call_index):
+    """Make the policy's per-step method detach its chain input x at its `call_index`-th call (a broken chain)."""
+    method, calls = getattr(policy, method_name), []
+
+    def patched(x, *args, **kwargs):
+        calls.append(None)
+        return method(x.detach() if len(calls) == call_index + 1 else x, *args, **kwargs)
+
+    setattr(policy, method_name, patched)
+
+
+def chain_gradient_and_finite_difference(policy, cond, eps=1e-6):
+    """d/d(eps) of a fixed weighting of `sample_differentiable`'s actions along a random direction in the actor's
+    parameters: (autograd's value, the central finite difference), the same draws each time."""
+    params = policy.actor_parameters()
+    direction = [torch.randn_like(p) for p in params]
+    weights = torch.randn(cond["state"].shape[0], TA, DA)
+
+    def objective():
+        torch.manual_seed(7)
+        return (policy.sample_differentiable(cond) * weights).sum()
+
+    grads = torch.autograd.grad(objective(), params, allow_unused=True)
+    autograd_value = sum((g * d).sum() for g, d in zip(grads, direction) if g is not None)
+    with torch.no_grad():
+        for p, d in zip(params, direction):
+            p.add_(eps * d)
+        plus = objective().item()
+        for p, d in zip(params, direction):
+            p.sub_(2 * eps * d)
+        minus = objective().item()
+        for p, d in zip(params, direction):
+            p.add_(eps * d)
+    return autograd_value.item(), (plus - minus) / (2 * eps)
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "flow"])
+def test_differentiable_sample_gradient_equals_finite_differences_and_a_mid_chain_detach_breaks_it(kind):
+    """The whole chain carries the gradient: autograd equals float64 finite differences to 1e-6 (relative), and
+    the same check fails when one intermediate step detaches its input, so it catches a partly cut chain (the
+    gradient that remains after such a cut is most of it: a first-layer-nonzero test would still pass)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        make = make_policy if kind == "diffusion" else make_flow_policy
+        cond = cond_of(6)
+        autograd_value, finite_difference = chain_gradient_and_finite_difference(make(), cond)
+        assert autograd_value == pytest.approx(finite_difference, rel=1e-6)
+        broken = make()
+        detach_input_at_call(broken, CHAIN_STEP_METHOD[kind], call_index=2)
+        autograd_value, finite_difference = chain_gradient_and_finite_difference(broken, cond)
+        assert abs(autograd_value - finite_difference) > 1e-4 * abs(finite_difference)
+    finally:
+        torch.set_default_dtype(default)

@@ -18,8 +18,9 @@ class SinusoidalPosEmb(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.dim // 2
         scale = math.log(10000) / (half - 1)
-        freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -scale)
-        angles = t.float()[:, None] * freqs[None, :]
+        dtype = torch.get_default_dtype()  # float32 unless a caller (a float64 gradient check) sets otherwise
+        freqs = torch.exp(torch.arange(half, device=t.device, dtype=dtype) * -scale)
+        angles = t.to(dtype)[:, None] * freqs[None, :]
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
