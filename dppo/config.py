@@ -5,6 +5,7 @@ Resolvers usable in YAML after `register_resolvers()`:
 - `${round_up:${x}}` / `${round_down:${x}}`: ceil / floor to an int;
 - `${data_dir:}` / `${log_dir:}`: roots of data and runs (see dppo/paths.py);
 - `${default_device:}`: 'cuda' when a GPU is visible, else 'cpu';
+- `${default_precision:${device}}`: 'bf16' where the device multiplies bf16 natively, else 'fp32';
 - `${now:%Y-%m-%d}`: the start time, as in Hydra.
 """
 
@@ -16,6 +17,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from dppo.paths import data_dir, log_dir
+from dppo.precision import PRECISIONS, default_precision
 from dppo.runtime import default_device
 
 EVAL_NAMES = {"abs": abs, "int": int, "float": float, "max": max, "min": min, "round": round, "math": math}
@@ -52,6 +54,7 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("data_dir", data_dir, replace=True)
     OmegaConf.register_new_resolver("log_dir", log_dir, replace=True)
     OmegaConf.register_new_resolver("default_device", default_device, replace=True)
+    OmegaConf.register_new_resolver("default_precision", default_precision, replace=True)
 
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfg")
@@ -102,6 +105,9 @@ def validate_config(cfg: DictConfig) -> None:
                 f"act_steps={cfg.act_steps} must be in 1..horizon_steps ({cfg.horizon_steps}): lower act_steps.")
     require(str(cfg.device).split(":")[0] in ("cpu", "cuda", "mps"),
             f"device={cfg.device} is not a torch device: use device=cpu or device=cuda.")
+    if "precision" in cfg:
+        require(cfg.precision in PRECISIONS, f"precision={cfg.precision} is not a precision: use precision=fp32 or "
+                "precision=bf16 (bf16 where the hardware multiplies bf16 natively).")
 
 
 def startup_error_line(error: Exception) -> str:

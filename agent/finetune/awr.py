@@ -36,9 +36,10 @@ class AWRAgent(FinetuneAgent):
         """(TD(lambda) returns, V(s)) over the replay's fields (S, N, ...), both flattened to (S * N,)."""
         train = self.cfg.train
         breaks = segment_ends(data["ends"], data["firsts"], data["cut"])
-        advantages, values = gae_from_critic(self.critic, data["obs"], data["next_obs"], data["rewards"],
-                                             data["terminated"], breaks, train.gamma, train.gae_lambda,
-                                             train.batch_size)
+        with self.autocast():
+            advantages, values = gae_from_critic(self.critic, data["obs"], data["next_obs"], data["rewards"],
+                                                 data["terminated"], breaks, train.gamma, train.gae_lambda,
+                                                 train.batch_size)
         return (advantages + values).reshape(-1), values.reshape(-1)
 
     def update(self, rollout: Rollout) -> dict:
@@ -53,7 +54,8 @@ class AWRAgent(FinetuneAgent):
         targets = self.td_lambda(data)[0][valid]
         for _ in range(gradient_steps // train.critic_update_ratio):
             idx = torch.randint(n_samples, (train.batch_size,), device=self.device)
-            critic_loss = value_regression_loss(self.critic(index_samples(obs, idx)), targets[idx])
+            with self.autocast():
+                critic_loss = value_regression_loss(self.critic(index_samples(obs, idx)), targets[idx])
             self.critic_optimizer.zero_grad()
             critic_loss.backward()
             self.critic_optimizer.step()
@@ -64,7 +66,8 @@ class AWRAgent(FinetuneAgent):
         for _ in range(gradient_steps):
             idx = torch.randint(n_samples, (train.batch_size,), device=self.device)
             weights = exponential_weights(standardize(advantages[idx]), train.beta, train.max_adv_weight)
-            actor_loss = (model.per_sample_bc_loss(actions[idx], index_samples(obs, idx)) * weights).mean()
+            with self.autocast():
+                actor_loss = (model.per_sample_bc_loss(actions[idx], index_samples(obs, idx)) * weights).mean()
             self.actor_optimizer.zero_grad()
             actor_loss.backward()
             self.actor_step(self.actor_optimizer)

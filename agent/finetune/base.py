@@ -8,8 +8,9 @@ algorithm has one, call the algorithm's `update`, then log, evaluate every
 
 An algorithm is a subclass that builds its critics (`build_critic`, from the config's
 critic group) and optimizers (`add_optimizer`) in `__init__`, ends `__init__` with
-`self.start()`, and writes `update(rollout)`; `off_policy = True` gives it a replay
-buffer (`self.replay`) that already holds the rollout when `update` runs.
+`self.start()`, and writes `update(rollout)`, running its forward passes under `self.autocast()`
+(the run's `precision`); `off_policy = True` gives it a replay buffer (`self.replay`) that already
+holds the rollout when `update` runs.
 The policy (`self.model`) is any FinetunePolicy (model/common/policy.py). The agent acts
 with `explore(cond) -> (actions, stored)` while training and `act(cond)` in evaluation,
 the policy's own unless the algorithm acts otherwise (IDQL picks among candidates by Q).
@@ -43,6 +44,7 @@ from dppo.checkpoint import (
 from dppo.config import ConfigError, require
 from dppo.divergence import check_finite
 from dppo.logging import MetricLogger
+from dppo.precision import autocast, check_precision
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from dppo.schedulers import RunningRewardScaler, WarmupCosineLR
 from env.vector import cat_samples, concat_steps, make_task_vector_env
@@ -59,6 +61,7 @@ class FinetuneAgent:
         self.cfg = cfg
         set_seed(cfg.seed)
         self.device = cfg.device
+        self.precision = check_precision(cfg.precision)
         resume = resolve_resume(cfg.resume, os.path.dirname(cfg.logdir))
         self.logdir = resume[1] if resume else cfg.logdir
         self.n_envs = cfg.env.n_envs
@@ -108,6 +111,11 @@ class FinetuneAgent:
         require(self.cfg.get(key) is not None, f"{type(self).__name__} needs a `{key}` config: add "
                 f"`critic@{key}: <name>` (cfg/critic/) to the defaults list.")
         return hydra.utils.instantiate(self.cfg[key]).to(self.device)
+
+    def autocast(self):
+        """The context every forward pass of an update runs in: bf16 autocast when `precision=bf16`, else none.
+        Backward passes and optimizer steps run outside it (float32 gradients and optimizer state)."""
+        return autocast(self.precision, self.device)
 
     def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:
         """Exploring chunks (B, Ta, Da) and what the rollout stores beside them: the policy's by default."""

@@ -36,16 +36,18 @@ class DQLAgent(FinetuneAgent):
         history = {"critic_loss": [], "actor_loss": [], "bc_loss": [], "q_loss": [], "q_gap": [], "actor_grad_norm": []}
         for _ in range(gradient_steps):
             batch = self.replay.sample(train.batch_size)
-            critic_loss = dql_critic_loss(self.model, self.critic, self.critic_target, batch, train.gamma,
-                                          self.act_steps)
+            with self.autocast():
+                critic_loss = dql_critic_loss(self.model, self.critic, self.critic_target, batch, train.gamma,
+                                              self.act_steps)
             self.critic_optimizer.zero_grad()
             critic_loss.backward()
             self.critic_optimizer.step()
             history["critic_loss"].append(critic_loss.item())
 
             if self.update_actor:
-                actor_loss, terms = dql_actor_loss(self.model, self.critic, batch, train.eta, self.act_steps,
-                                                   train.bc_on)
+                with self.autocast():
+                    actor_loss, terms = dql_actor_loss(self.model, self.critic, batch, train.eta, self.act_steps,
+                                                       train.bc_on)
                 self.actor_optimizer.zero_grad()
                 actor_loss.backward()
                 history["actor_grad_norm"].append(gradient_norm(self.model.actor_parameters()))

@@ -56,12 +56,14 @@ class IDQLAgent(FinetuneAgent):
         history = {"v_loss": [], "q_loss": [], "actor_loss": []}
         for _ in range(gradient_steps):
             batch = self.replay.sample(train.batch_size)
-            v_loss = idql_v_loss(self.critic_v, self.target_q, batch, train.expectile, self.act_steps)
+            with self.autocast():
+                v_loss = idql_v_loss(self.critic_v, self.target_q, batch, train.expectile, self.act_steps)
             self.critic_v_optimizer.zero_grad()
             v_loss.backward()
             self.critic_v_optimizer.step()
 
-            q_loss = idql_q_loss(self.critic_q, self.critic_v, batch, train.gamma, self.act_steps)
+            with self.autocast():
+                q_loss = idql_q_loss(self.critic_q, self.critic_v, batch, train.gamma, self.act_steps)
             self.critic_q_optimizer.zero_grad()
             q_loss.backward()
             self.critic_q_optimizer.step()
@@ -70,7 +72,8 @@ class IDQLAgent(FinetuneAgent):
             history["q_loss"].append(q_loss.item())
 
             if self.update_actor:
-                actor_loss = model.bc_loss(batch["actions"], batch["obs"])
+                with self.autocast():
+                    actor_loss = model.bc_loss(batch["actions"], batch["obs"])
                 self.actor_optimizer.zero_grad()
                 actor_loss.backward()
                 self.actor_step(self.actor_optimizer)

@@ -6,7 +6,8 @@ over minibatches of environment samples. For DPPO each sample carries its K'
 denoising steps (what `explore` stored: the chain), so one sample gives K'
 PPO terms. The loss is model/rl/ppo.py's, written against the policy surface. The old
 log-probabilities are those `explore` kept (stored["log_probs"]), else recomputed after the
-rollout. With `train.augment_pad` (pixel tasks) the rollout's images are randomly shifted once
+rollout (always under `precision=bf16`, whose forward passes run under bf16 autocast: old and new
+log-probabilities then come from the same computation). With `train.augment_pad` (pixel tasks) the rollout's images are randomly shifted once
 before the update, as the reference does, so old and new log-probabilities see the same images.
 Cut steps (worker restarts, simulator failures) are no samples and no bootstrap.
 """
@@ -51,20 +52,25 @@ class PPOAgent(FinetuneAgent):
         if shift:
             rollout_obs = {**rollout_obs, "rgb": shift_images(rollout_obs["rgb"], train.augment_pad)}
         breaks = segment_ends(rollout.ends, rollout.firsts, rollout.cut)
-        advantages, values = gae_from_critic(self.critic, rollout_obs, rollout.next_obs, rollout.scaled_rewards,
-                                             rollout.terminated, breaks, train.gamma, train.gae_lambda,
-                                             train.batch_size)
+        with self.autocast():
+            advantages, values = gae_from_critic(self.critic, rollout_obs, rollout.next_obs, rollout.scaled_rewards,
+                                                 rollout.terminated, breaks, train.gamma, train.gae_lambda,
+                                                 train.batch_size)
         keep = ~rollout.cut.reshape(-1)  # cut steps never happened: no sample
         returns = (advantages + values).reshape(-1)[keep]
         advantages, values = advantages.reshape(-1)[keep], values.reshape(-1)[keep]
         obs = index_samples(flatten_steps(rollout_obs), keep)
         stored = index_samples(flatten_steps(rollout.stored), keep)
         n_samples = returns.shape[0]
-        if "log_probs" in stored and not shift:  # what the policy computed while sampling
+        if "log_probs" in stored and not shift and self.precision == "fp32":  # what the policy computed sampling
             old_log_probs = stored["log_probs"]
-        else:  # recomputed, also when the images were just shifted: old and new log-probs must see the same ones
-            old_log_probs = map_batches(lambda idx: model.log_probs(index_samples(obs, idx), index_samples(stored, idx)),
-                                        n_samples, train.batch_size, self.device)
+        else:  # recomputed where the new log-probs would not match them: after the images were shifted, and under
+            # bf16, whose log-probs differ from the float32 sampler's by up to ~1e-2 (more than the clip); computed
+            # on the loss's own path, a fresh minibatch has ratio 1 (log-probs are row-wise, whatever the batch)
+            with self.autocast():
+                old_log_probs = map_batches(
+                    lambda idx: model.log_probs(index_samples(obs, idx), index_samples(stored, idx)),
+                    n_samples, train.batch_size, self.device)
 
         # ---- PPO epochs over minibatches of environment samples; a leftover smaller batch is dropped ----
         history = {key: [] for key in METRIC_KEYS}
@@ -105,11 +111,12 @@ class PPOAgent(FinetuneAgent):
         for start in range(0, batch, chunk_size):
             chunk = slice(start, start + chunk_size)
             weight = (min(start + chunk_size, batch) - start) / batch
-            out = ppo_loss(self.model, self.critic, index_samples(obs, chunk), index_samples(stored, chunk),
-                           returns[chunk], values[chunk], advantages[chunk], old_log_probs[chunk], self.settings,
-                           use_bc_loss=train.use_bc_loss)
-            loss = (out.pg_loss + train.vf_coef * out.v_loss + train.bc_coef * out.bc_loss
-                    + train.ent_coef * out.entropy_loss)
+            with self.autocast():
+                out = ppo_loss(self.model, self.critic, index_samples(obs, chunk), index_samples(stored, chunk),
+                               returns[chunk], values[chunk], advantages[chunk], old_log_probs[chunk], self.settings,
+                               use_bc_loss=train.use_bc_loss)
+                loss = (out.pg_loss + train.vf_coef * out.v_loss + train.bc_coef * out.bc_loss
+                        + train.ent_coef * out.entropy_loss)
             (weight * loss).backward()
             for key, value in (("loss", loss.item()), ("pg_loss", out.pg_loss.item()),
                                ("value_loss", out.v_loss.item()), ("bc_loss", out.bc_loss.item()),

@@ -42,7 +42,8 @@ class RWRAgent(FinetuneAgent):
         batch_size = min(train.batch_size, n_samples)
         for _ in range(train.update_epochs):
             for idx in torch.randperm(n_samples, device=self.device).split(batch_size)[: n_samples // batch_size]:
-                loss = (self.model.per_sample_bc_loss(actions[idx], index_samples(obs, idx)) * weights[idx]).mean()
+                with self.autocast():
+                    loss = (self.model.per_sample_bc_loss(actions[idx], index_samples(obs, idx)) * weights[idx]).mean()
                 self.actor_optimizer.zero_grad()
                 loss.backward()
                 self.actor_step(self.actor_optimizer)

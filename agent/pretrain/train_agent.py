@@ -41,6 +41,7 @@ from dppo.distributed import (
 from dppo.divergence import check_finite
 from dppo.ema import EMA
 from dppo.logging import MetricLogger
+from dppo.precision import autocast, check_precision
 from dppo.runtime import derived_seed, prepare_run_dir, set_seed, wandb_config
 from dppo.schedulers import WarmupCosineLR
 
@@ -58,6 +59,7 @@ class PreTrainAgent:
         cfg.device = self.rank.device
         set_seed(cfg.seed)
         self.device = cfg.device
+        self.precision = check_precision(cfg.precision)
         resume = resolve_resume(cfg.resume, os.path.dirname(cfg.logdir))
         self.logdir = broadcast_from_main(resume[1] if resume else cfg.logdir, self.rank)
         with main_rank_first(self.rank):  # the dataset (re)writes its normalization.npz
@@ -108,7 +110,8 @@ class PreTrainAgent:
                 shard_indices = shard(indices, self.rank)
                 batch = self.dataset.get_batch(shard_indices.to(self.dataset.states.device))
                 # Scaled so that the mean over ranks of the shards' losses (and gradients) is the global batch's mean.
-                loss = self.train_loss(batch["actions"], batch["cond"]) * (len(shard_indices) * world / len(indices))
+                with autocast(self.precision, self.device):
+                    loss = self.train_loss(batch["actions"], batch["cond"]) * (len(shard_indices) * world / len(indices))
                 self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()

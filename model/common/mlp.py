@@ -20,6 +20,17 @@ def make_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+class OutputLinear(nn.Linear):
+    """The output layer of a network: a Linear layer that runs in float32 also under bf16 autocast
+    (dppo/precision.py), so the values, noise predictions and means it outputs are not rounded to bf16's 8-bit
+    mantissa (a value of 30 would move in steps of 0.125). It is the narrowest layer: float32 costs little there.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return super().forward(x.to(self.weight.dtype))
+
+
 class MLP(nn.Module):
     """Plain MLP: Linear -> [LayerNorm] -> activation for each hidden layer, then a Linear output.
 
@@ -36,7 +47,7 @@ class MLP(nn.Module):
             if use_layernorm:
                 layers.append(nn.LayerNorm(d_out))
             layers.append(make_activation(activation))
-        layers.append(nn.Linear(dims[-1], output_dim))
+        layers.append(OutputLinear(dims[-1], output_dim))
         layers.append(make_activation(out_activation))
         self.layers = nn.Sequential(*layers)
 
@@ -88,7 +99,7 @@ class ResidualMLP(nn.Module):
         self.blocks = nn.Sequential(
             *[PreActivationResidualBlock(width, activation, use_layernorm) for _ in range(n_blocks)]
         )
-        self.output_layer = nn.Linear(width, output_dim)
+        self.output_layer = OutputLinear(width, output_dim)
         self.out_activation = make_activation(out_activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
