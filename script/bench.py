@@ -1,30 +1,38 @@
-"""Benchmark of DPPO fine-tuning's hot paths, measured in one run on one machine.
+"""Benchmark of fine-tuning's hot paths, measured in one run on one machine.
 
     python script/bench.py                            # the paper's Gym config: Hopper, 40 envs x 500 chunk-steps
+    python script/bench.py --algorithms dql,idql,awr  # also one iteration of each, at its paper settings
     python script/bench.py --threads 2 --busy 1       # the same with one other CPU-bound process running
-    python script/bench.py --json bench.json train.grad_chunk_size=500   # trailing args: Hydra overrides
-    python script/bench.py --tiny                     # tiny networks and envs: a few seconds (the tests run it)
+    python script/bench.py --json bench.json train.grad_chunk_size=500   # trailing args: Hydra overrides of DPPO
+    python script/bench.py --tiny --algorithms dql,idql,awr   # tiny networks and envs: seconds (the tests run it)
 
 Figures (docs/PERFORMANCE.md reads them):
 - sampling: median latency of `model.explore` (all K denoising steps, the K' fine-tuned ones kept) for 10, 40
-  and 160 envs' observations.
+  and 160 envs' observations, in float32 (rollouts sample in float32).
 - log_probs: (sample, denoising step) terms per second of `model.log_probs` over one minibatch, no graph.
-- update: terms per second of `PPOAgent.minibatch_update` (forward, backward, optimizer step) on one minibatch
-  of the config's size, and the roofline: the terms per second of plain `torch.mm` calls with the shapes of
-  every Linear layer's forward and backward in that update (actor on B x K' rows, critic on B rows), timed in
-  the same run. Their ratio is the fraction of the machine's matmul speed the update reaches.
+- update, per precision (fp32 and bf16, side by side): seconds of `PPOAgent.minibatch_update` (forward,
+  backward, optimizer step) on one minibatch of the config's size, and its roofline in that precision: the
+  time of plain `torch.mm` calls, in that dtype, with the shapes of every Linear layer's forward and backward
+  in that update (actor on B x K' rows, critic on B rows). Their ratio is the fraction of the machine's matmul
+  speed the update reaches; `precision` says which precision the config runs (its default on this machine).
 - env: env steps per second of the configured vector env stepping random action chunks and nothing else.
-- iteration: one whole fine-tuning iteration (`collect_rollout` then `update`) with its phases: env_wait (the
-  main process in `step_async` / `step_wait`: env stepping that sampling did not hide) and sampling inside the
-  rollout, old log-probabilities (when recomputed), loss forward, and the rest of the update (backward,
-  optimizer, GAE). `rollout_vs_bound` is the rollout time over max(env-only time, sampling-only time) for the
-  same steps, both measured above.
+- iteration, per precision: one whole fine-tuning iteration (`collect_rollout` then `update`), every phase
+  timed where it runs (none is a remainder): rollout env_wait (the main process in `step_async` /
+  `step_wait`), sampling, reward scaling, bookkeeping (stacking steps, episode statistics); update GAE, old
+  log-probabilities, loss forward, backward, optimizer steps. `unaccounted` is the iteration's time outside
+  every phase (Python glue: index shuffling, minibatch gathers, metrics). `rollout_vs_bound` is the rollout
+  time over max(env-only time, sampling-only time) for the same steps, both measured above.
+- algorithms (with --algorithms): one iteration of DQL, IDQL or DAWR at its paper settings after critic
+  warm-up (the actor trains), in the config's precision, with its phases (sampling, env_wait, replay
+  sampling, critic and actor loss forwards, backward, optimizer, target updates) and its wall time per env
+  step next to DPPO's iteration in the same precision.
 
 The machine, torch version, threads and config are written with the figures (JSON with --json, a table on
 stdout). CUDA timings synchronize the device around every timed call.
 """
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -41,23 +49,36 @@ sys.path.insert(0, REPO)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # script/run.py's default, so the bench measures it
 
+import hydra  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from torch import nn  # noqa: E402
 
-from agent.finetune.ppo import PPOAgent  # noqa: E402
+from agent.finetune import base as base_module  # noqa: E402
+from agent.finetune import ppo as ppo_module  # noqa: E402
+from agent.finetune import dql as dql_module  # noqa: E402
+from agent.finetune import idql as idql_module  # noqa: E402
 from dppo.config import register_resolvers, validate_config  # noqa: E402
+from dppo.precision import PRECISIONS, native_bf16  # noqa: E402
 from dppo.runtime import available_cores, set_threads  # noqa: E402
 
 CONFIG_NAME = "ft_ppo_diffusion_mlp"
+ALGORITHM_CONFIGS = {"dql": "ft_dql_diffusion_mlp", "idql": "ft_idql_diffusion_mlp", "awr": "ft_awr_diffusion_mlp"}
 FULL = {"sampling_envs": (10, 40, 160), "repeats": 20, "update_repeats": 5, "overrides": []}
+TINY_NETWORKS = ["model.network.mlp_dims=[32,32,32]", "base_policy_path=null", "env.n_envs=2",
+                 "env.asynchronous=false", "train.n_steps=3", "denoising_steps=6"]
 TINY = {
     "sampling_envs": (2, 4),
     "repeats": 2,
     "update_repeats": 2,
-    "overrides": ["model.network.mlp_dims=[32,32,32]", "critic.mlp_dims=[32,32,32]", "base_policy_path=null",
-                  "env.n_envs=2", "env.asynchronous=false", "train.n_steps=3", "train.batch_size=4",
-                  "train.update_epochs=1", "denoising_steps=6", "ft_denoising_steps=3"],
+    "overrides": TINY_NETWORKS + ["critic.mlp_dims=[32,32,32]", "train.batch_size=4", "train.update_epochs=1",
+                                  "ft_denoising_steps=3"],
+    "algorithm_overrides": {
+        "dql": TINY_NETWORKS + ["critic.mlp_dims=[32,32,32]", "train.batch_size=4"],
+        "idql": TINY_NETWORKS + ["critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]", "train.batch_size=4",
+                                 "train.replay_ratio=8"],
+        "awr": TINY_NETWORKS + ["critic.mlp_dims=[32,32,32]", "train.batch_size=4"],
+    },
 }
 
 
@@ -80,19 +101,22 @@ def median_seconds(fn, repeats: int, device: str) -> float:
 
 
 class PhaseClock:
-    """Wall time spent in chosen methods of chosen objects, by phase name.
+    """Wall time and call count of chosen functions, by phase name, while the clock is open (a context manager).
 
-    `wrap(obj, "step", "env_step")` replaces obj.step (on this instance only) by a timed call. A wrapped method
-    called from inside another wrapped one is counted in the outer phase only.
+    `wrap(owner, "step", "env_step")` replaces owner.step (an object's method, or a module's function, e.g.
+    `torch.autograd.backward`) by a timed call until the clock closes. A wrapped function called from inside
+    another wrapped one counts in the outer phase only.
     """
 
     def __init__(self, device: str):
         self.device = device
         self.seconds = defaultdict(float)
+        self.calls = defaultdict(int)
         self.active = None
+        self.patched = []
 
-    def wrap(self, obj, method: str, phase: str) -> None:
-        original = getattr(obj, method)
+    def wrap(self, owner, name: str, phase: str) -> None:
+        original = getattr(owner, name)
 
         def timed(*args, **kwargs):
             if self.active is not None:
@@ -105,15 +129,28 @@ class PhaseClock:
             finally:
                 synchronize(self.device)
                 self.seconds[phase] += time.perf_counter() - start
+                self.calls[phase] += 1
                 self.active = None
 
-        setattr(obj, method, timed)
+        self.patched.append((owner, name, owner.__dict__.get(name) if hasattr(owner, "__dict__") else original))
+        setattr(owner, name, timed)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for owner, name, original in reversed(self.patched):
+            if original is None:
+                delattr(owner, name)  # an instance attribute shadowing its class's method
+            else:
+                setattr(owner, name, original)
+        self.patched = []
 
 
-def compose_cfg(overrides: list[str], logdir: str):
+def compose_cfg(overrides: list[str], logdir: str, config_name: str = CONFIG_NAME):
     register_resolvers()
     with initialize_config_dir(config_dir=os.path.join(REPO, "cfg"), version_base=None):
-        cfg = compose(config_name=CONFIG_NAME, overrides=overrides + [
+        cfg = compose(config_name=config_name, overrides=overrides + [
             f"logdir={logdir}", "wandb=null", "train.val_freq=null", "train.n_train_itr=1"])
     validate_config(cfg)
     return cfg
@@ -149,12 +186,14 @@ def linear_shapes(module: nn.Module, rows: int) -> list[tuple[int, int, int]]:
     return [(rows, layer.in_features, layer.out_features) for layer in module.modules() if isinstance(layer, nn.Linear)]
 
 
-def matmul_seconds(shapes, repeats: int, device: str) -> float:
-    """Median time of the forward and backward matmuls of Linear layers with these shapes: for (M, I, O),
-    (M x I)(I x O) forward, (M x O)(O x I) for the input gradient and (O x M)(M x I) for the weight gradient."""
+def matmul_seconds(shapes, repeats: int, device: str, dtype: torch.dtype) -> float:
+    """Median time of the forward and backward matmuls of Linear layers with these shapes, in `dtype`: for
+    (M, I, O), (M x I)(I x O) forward, (M x O)(O x I) for the input gradient and (O x M)(M x I) for the weight
+    gradient."""
     operands = []
     for rows, n_in, n_out in shapes:
-        x, w, g = (torch.randn(*shape, device=device) for shape in ((rows, n_in), (n_in, n_out), (rows, n_out)))
+        x, w, g = (torch.randn(*shape, device=device, dtype=dtype) for shape in ((rows, n_in), (n_in, n_out),
+                                                                                  (rows, n_out)))
         operands += [(x, w), (g, w.t()), (g.t(), x)]
 
     def run():
@@ -164,28 +203,44 @@ def matmul_seconds(shapes, repeats: int, device: str) -> float:
     return median_seconds(run, repeats, device)
 
 
-def bench_update(agent: PPOAgent, repeats: int, device: str) -> dict:
+@contextlib.contextmanager
+def running_in(agent, precision: str):
+    """The agent's updates in `precision` for the duration."""
+    saved, agent.precision = agent.precision, precision
+    try:
+        yield
+    finally:
+        agent.precision = saved
+
+
+def bench_update(agent, repeats: int, device: str) -> dict:
+    """The minibatch update in each precision, on the same minibatch and weights, next to its roofline."""
     model, batch = agent.model, agent.cfg.train.batch_size
     data = minibatch(model, batch, device)
     terms = batch * model.ft_denoising_steps
     with torch.no_grad():
         log_prob_seconds = median_seconds(lambda: model.log_probs(data[0], data[1]), repeats, device)
-    update_seconds = median_seconds(lambda: agent.minibatch_update(*data), repeats, device)
     shapes = linear_shapes(model.actor_ft, terms) + linear_shapes(agent.critic, batch)
-    roofline_seconds = matmul_seconds(shapes, repeats, device)
-    return {
-        "minibatch_samples": batch,
-        "terms": terms,
-        "log_probs_terms_per_s": terms / log_prob_seconds,
-        "update_seconds": update_seconds,
-        "update_terms_per_s": terms / update_seconds,
-        "roofline_seconds": roofline_seconds,
-        "roofline_terms_per_s": terms / roofline_seconds,
-        "update_vs_roofline": roofline_seconds / update_seconds,
-    }
+    state = {name: module.state_dict() for name, module in agent.checkpointed_modules().items()}
+    result = {"minibatch_samples": batch, "terms": terms, "log_probs_terms_per_s": terms / log_prob_seconds}
+    for precision, dtype in zip(PRECISIONS, (torch.float32, torch.bfloat16)):
+        with running_in(agent, precision):
+            update_seconds = median_seconds(lambda: agent.minibatch_update(*data), repeats, device)
+        for name, module in agent.checkpointed_modules().items():  # the same weights for the next precision
+            module.load_state_dict(state[name])
+        roofline_seconds = matmul_seconds(shapes, repeats, device, dtype)
+        result[precision] = {
+            "update_seconds": update_seconds,
+            "update_terms_per_s": terms / update_seconds,
+            "roofline_seconds": roofline_seconds,
+            "roofline_terms_per_s": terms / roofline_seconds,
+            "update_vs_roofline": roofline_seconds / update_seconds,
+        }
+    result["bf16_vs_fp32"] = result["bf16"]["update_seconds"] / result["fp32"]["update_seconds"]
+    return result
 
 
-def bench_env(agent: PPOAgent, n_steps: int, device: str) -> dict:
+def bench_env(agent, n_steps: int, device: str) -> dict:
     """The vector env alone: n_steps random action chunks (uniform in the normalized action box)."""
     venv, model = agent.venv, agent.model
     venv.reset(seed=0)
@@ -201,32 +256,106 @@ def bench_env(agent: PPOAgent, n_steps: int, device: str) -> dict:
     return {"chunk_steps": n_steps, "env_steps": env_steps, "seconds": seconds, "env_steps_per_s": env_steps / seconds}
 
 
-def bench_iteration(agent: PPOAgent, device: str) -> dict:
-    clock = PhaseClock(device)
+def wrap_rollout_phases(clock: PhaseClock, agent) -> None:
+    """The phases every algorithm's rollout has."""
     for method in ("step_async", "step_wait"):
         clock.wrap(agent.venv, method, "env_wait")
-    clock.wrap(agent.model, "explore", "sampling")
-    clock.wrap(agent.model, "log_probs", "old_log_probs")  # inside the loss it counts as loss_forward
-    clock.wrap(agent.model, "log_probs_and_entropy", "loss_forward")  # the policy's forward inside the PPO loss
+    clock.wrap(agent, "explore", "sampling")
+    clock.wrap(agent, "scale_rewards", "reward_scaling")
+    clock.wrap(base_module, "stack_steps", "rollout_bookkeeping")
+    clock.wrap(agent.tracker, "update", "rollout_bookkeeping")
+
+
+def wrap_update_phases(clock: PhaseClock, agent) -> None:
+    """Backward passes and optimizer steps, whatever the algorithm."""
+    clock.wrap(torch.autograd, "backward", "backward")
+    for optimizer in agent.optimizers.values():
+        clock.wrap(optimizer, "step", "optimizer")
+    clock.wrap(torch.nn.utils, "clip_grad_norm_", "optimizer")
+
+
+def timed_iteration(agent, clock: PhaseClock, device: str) -> dict:
+    """One iteration (rollout, replay add for off-policy agents, update) with the clock's phases."""
     obs = agent.reset_envs()
     synchronize(device)
     start = time.perf_counter()
-    rollout, _, rollout_metrics = agent.collect_rollout(obs)
-    synchronize(device)
-    rollout_seconds = time.perf_counter() - start
-    agent.update(rollout)
-    synchronize(device)
-    update_seconds = time.perf_counter() - start - rollout_seconds
-    phases = {phase: clock.seconds[phase] for phase in ("env_wait", "sampling", "old_log_probs", "loss_forward")}
-    phases["rollout_other"] = rollout_seconds - phases["env_wait"] - phases["sampling"]
-    phases["update_backward_and_rest"] = update_seconds - phases["old_log_probs"] - phases["loss_forward"]
+    with clock:
+        wrap_rollout_phases(clock, agent)
+        wrap_update_phases(clock, agent)
+        for owner, name, phase in ITERATION_PHASES[type(agent).__name__](agent):
+            clock.wrap(owner, name, phase)
+        rollout, _, rollout_metrics = agent.collect_rollout(obs)
+        synchronize(device)
+        rollout_seconds = time.perf_counter() - start
+        if agent.replay is not None:
+            agent.replay.add_rollout(rollout)
+        metrics = agent.update(rollout)
+        synchronize(device)
+    total = time.perf_counter() - start
+    phases = dict(clock.seconds)
+    env_steps = rollout_metrics["iteration_env_steps"]
     return {
-        "env_steps": rollout_metrics["iteration_env_steps"],
+        "precision": agent.precision,
+        "env_steps": env_steps,
         "rollout_seconds": rollout_seconds,
-        "update_seconds": update_seconds,
-        "total_seconds": rollout_seconds + update_seconds,
+        "update_seconds": total - rollout_seconds,
+        "total_seconds": total,
+        "seconds_per_env_step": total / env_steps,
         "phases": phases,
+        "calls": dict(clock.calls),
+        "unaccounted_seconds": total - sum(phases.values()),
+        "gradient_steps": metrics.get("gradient_steps", metrics.get("minibatch_updates")),
     }
+
+
+def ppo_phases(agent):
+    return [(ppo_module, "gae_from_critic", "gae"),
+            (agent.model, "log_probs", "old_log_probs"),  # inside the loss it counts as loss_forward
+            (ppo_module, "ppo_loss", "loss_forward")]
+
+
+def dql_phases(agent):
+    """The target's next actions are the policy's `explore` outside the rollout; the actor's forward is the
+    differentiable chain and the BC loss on it."""
+    return [(agent.replay, "sample", "replay_sample"), (agent.model, "explore_actions", "target_actions"),
+            (agent.critic, "forward", "critic_forward"), (agent.critic_target, "forward", "critic_forward"),
+            (agent.model, "sample_differentiable", "actor_chain_forward"), (agent.model, "bc_loss", "actor_bc_forward"),
+            (dql_module, "soft_update", "target_update")]
+
+
+def idql_phases(agent):
+    return [(agent.replay, "sample", "replay_sample"), (agent.critic_q, "forward", "critic_forward"),
+            (agent.target_q, "forward", "critic_forward"), (agent.critic_v, "forward", "critic_forward"),
+            (agent.model, "bc_loss", "actor_forward"), (idql_module, "soft_update", "target_update")]
+
+
+def awr_phases(agent):
+    return [(agent.replay, "ordered", "replay_sample"), (agent, "td_lambda", "td_lambda"),
+            (agent.critic, "forward", "critic_forward"), (agent.model, "per_sample_bc_loss", "actor_forward")]
+
+
+ITERATION_PHASES = {"PPOAgent": ppo_phases, "DQLAgent": dql_phases, "IDQLAgent": idql_phases, "AWRAgent": awr_phases}
+
+
+def bench_iteration(agent, device: str) -> dict:
+    """One whole iteration in the agent's precision, with its phases."""
+    return timed_iteration(agent, PhaseClock(device), device)
+
+
+def bench_algorithm(name: str, overrides: list[str], device: str) -> dict:
+    """One iteration of algorithm `name` (dql, idql, awr) at its paper settings, after critic warm-up."""
+    with tempfile.TemporaryDirectory() as logdir:
+        cfg = compose_cfg(overrides + [f"device={device}"], logdir, ALGORITHM_CONFIGS[name])
+        agent = hydra.utils.get_class(cfg._target_)(cfg)
+        try:
+            agent.itr = cfg.train.n_critic_warmup_itr  # the actor trains too
+            result = bench_iteration(agent, device)
+        finally:
+            agent.venv.close()
+    result["config"] = {"name": ALGORITHM_CONFIGS[name], "overrides": overrides, "n_envs": cfg.env.n_envs,
+                        "n_steps": cfg.train.n_steps, "batch_size": cfg.train.batch_size,
+                        "replay_ratio": cfg.train.get("replay_ratio"), "denoising_steps": cfg.denoising_steps}
+    return result
 
 
 def busy_loop() -> None:
@@ -246,7 +375,8 @@ def machine() -> dict:
     }
 
 
-def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str, busy: int) -> dict:
+def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str, busy: int,
+              algorithms: list[str]) -> dict:
     mode = TINY if tiny else FULL
     if threads is not None:
         set_threads(threads)
@@ -256,24 +386,35 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
     try:
         with tempfile.TemporaryDirectory() as logdir:
             cfg = compose_cfg(mode["overrides"] + [f"device={device}"] + overrides, logdir)
-            agent = PPOAgent(cfg)
+            agent = ppo_module.PPOAgent(cfg)
             try:
                 repeats = mode["repeats"]
                 results = {"sampling_seconds": bench_sampling(agent.model, mode["sampling_envs"], repeats, device)}
                 results["update"] = bench_update(agent, mode["update_repeats"], device)
                 results["env"] = bench_env(agent, cfg.train.n_steps, device)
-                results["iteration"] = bench_iteration(agent, device)
+                results["iteration"] = {}
+                for precision in PRECISIONS:
+                    with running_in(agent, precision):
+                        results["iteration"][precision] = bench_iteration(agent, device)
                 n_envs = cfg.env.n_envs
                 per_step = bench_sampling(agent.model, (n_envs,), repeats, device)[str(n_envs)]
             finally:
                 agent.venv.close()
+        results["algorithms"] = {
+            name: bench_algorithm(name, mode["algorithm_overrides"][name] if tiny else [], device)
+            for name in algorithms}
     finally:
         for process in loaders:
             process.terminate()
-    iteration = results["iteration"]
     sampling_only = cfg.train.n_steps * per_step
-    iteration["sampling_only_seconds"] = sampling_only
-    iteration["rollout_vs_bound"] = iteration["rollout_seconds"] / max(results["env"]["seconds"], sampling_only)
+    for iteration in results["iteration"].values():
+        iteration["sampling_only_seconds"] = sampling_only
+        iteration["rollout_vs_bound"] = iteration["rollout_seconds"] / max(results["env"]["seconds"], sampling_only)
+    results["iteration"]["bf16_vs_fp32"] = (results["iteration"]["bf16"]["total_seconds"]
+                                            / results["iteration"]["fp32"]["total_seconds"])
+    for result in results["algorithms"].values():
+        dppo = results["iteration"][result["precision"]]
+        result["per_env_step_vs_dppo"] = result["seconds_per_env_step"] / dppo["seconds_per_env_step"]
     return {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": machine(),
@@ -281,6 +422,8 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
         "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
         "busy_processes": busy,
         "device": device,
+        "bf16_native": native_bf16(device),
+        "precision": cfg.precision,
         "config": {"name": CONFIG_NAME, "tiny": tiny, "overrides": overrides, "n_envs": n_envs,
                    "n_steps": cfg.train.n_steps, "batch_size": cfg.train.batch_size,
                    "update_epochs": cfg.train.update_epochs, "denoising_steps": cfg.denoising_steps,
@@ -291,24 +434,42 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
     }
 
 
+def iteration_rows(label: str, iteration: dict) -> list[tuple[str, str]]:
+    rows = [(label, f"{iteration['total_seconds']:.2f} s (rollout {iteration['rollout_seconds']:.2f} s, update "
+                    f"{iteration['update_seconds']:.2f} s), {iteration['seconds_per_env_step'] * 1e3:.3f} ms per env step")]
+    rows += [(f"  {phase}", f"{seconds:.2f} s ({iteration['calls'][phase]} calls)")
+             for phase, seconds in iteration["phases"].items()]
+    rows.append(("  unaccounted", f"{iteration['unaccounted_seconds']:.2f} s"))
+    return rows
+
+
 def table(report: dict) -> str:
-    update, env, iteration = report["update"], report["env"], report["iteration"]
+    update, env = report["update"], report["env"]
     rows = [("threads / busy processes / OMP_WAIT_POLICY",
-             f"{report['threads']} / {report['busy_processes']} / {report['omp_wait_policy']}")]
+             f"{report['threads']} / {report['busy_processes']} / {report['omp_wait_policy']}"),
+            ("precision of the config (bf16 native here)", f"{report['precision']} ({report['bf16_native']})")]
     rows += [(f"sampling, {n} envs", f"{seconds * 1e3:.1f} ms") for n, seconds in report["sampling_seconds"].items()]
-    rows += [
-        ("log-probs", f"{update['log_probs_terms_per_s']:,.0f} terms/s"),
-        (f"update, minibatch of {update['terms']:,} terms", f"{update['update_seconds']:.3f} s, "
-                                                           f"{update['update_terms_per_s']:,.0f} terms/s"),
-        ("matmul roofline of that update", f"{update['roofline_seconds']:.3f} s, "
-                                           f"{update['roofline_terms_per_s']:,.0f} terms/s"),
-        ("update / roofline", f"{update['update_vs_roofline']:.0%}"),
-        (f"env only, {env['chunk_steps']} chunk-steps", f"{env['seconds']:.2f} s, {env['env_steps_per_s']:,.0f} env steps/s"),
-        ("iteration", f"{iteration['total_seconds']:.2f} s (rollout {iteration['rollout_seconds']:.2f} s, "
-                      f"update {iteration['update_seconds']:.2f} s)"),
-    ]
-    rows += [(f"  {phase}", f"{seconds:.2f} s") for phase, seconds in iteration["phases"].items()]
-    rows += [("rollout / max(env only, sampling only)", f"{iteration['rollout_vs_bound']:.2f}")]
+    rows.append(("log-probs", f"{update['log_probs_terms_per_s']:,.0f} terms/s"))
+    for precision in PRECISIONS:
+        figures = update[precision]
+        rows += [
+            (f"update {precision}, minibatch of {update['terms']:,} terms",
+             f"{figures['update_seconds']:.3f} s, {figures['update_terms_per_s']:,.0f} terms/s"),
+            (f"  {precision} matmul roofline of that update", f"{figures['roofline_seconds']:.3f} s "
+                                                              f"({figures['update_vs_roofline']:.0%} reached)"),
+        ]
+    rows.append(("update bf16 / fp32", f"{update['bf16_vs_fp32']:.2f}"))
+    rows.append((f"env only, {env['chunk_steps']} chunk-steps",
+                 f"{env['seconds']:.2f} s, {env['env_steps_per_s']:,.0f} env steps/s"))
+    for precision in PRECISIONS:
+        iteration = report["iteration"][precision]
+        rows += iteration_rows(f"iteration {precision}", iteration)
+        rows.append(("  rollout / max(env only, sampling only)", f"{iteration['rollout_vs_bound']:.2f}"))
+    rows.append(("iteration bf16 / fp32", f"{report['iteration']['bf16_vs_fp32']:.2f}"))
+    for name, result in report["algorithms"].items():
+        rows += iteration_rows(f"{name} iteration ({result['precision']}, {result['gradient_steps']} gradient steps)",
+                               result)
+        rows.append((f"  {name} / DPPO, time per env step", f"{result['per_env_step_vs_dppo']:.2f}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -319,10 +480,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--busy", type=int, default=0, help="CPU-bound processes to run beside the bench")
+    parser.add_argument("--algorithms", default="", help=f"also bench one iteration of these: "
+                                                          f"{','.join(ALGORITHM_CONFIGS)}")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("overrides", nargs="*", help=f"Hydra overrides of {CONFIG_NAME}")
     args = parser.parse_args(argv)
-    report = run_bench(args.overrides, args.tiny, args.threads, args.device, args.busy)
+    algorithms = [name for name in args.algorithms.split(",") if name]
+    unknown = set(algorithms) - set(ALGORITHM_CONFIGS)
+    if unknown:
+        parser.error(f"--algorithms: unknown {sorted(unknown)}; use some of {','.join(ALGORITHM_CONFIGS)}.")
+    report = run_bench(args.overrides, args.tiny, args.threads, args.device, args.busy, algorithms)
     print(table(report))
     if args.json:
         with open(args.json, "w") as f:

@@ -93,26 +93,49 @@ def test_chunks_that_normalized_their_own_advantages_would_differ(pretrained, tm
 
 
 def test_bench_tiny_mode_reports_every_figure(tmp_path):
-    """script/bench.py --tiny: every figure is there and positive, and the iteration's phases add up to it."""
-    report = bench.main(["--tiny", "--threads", "1", "--json", str(tmp_path / "bench.json")])
+    """script/bench.py --tiny: every figure is there and positive for both precisions and each off-policy
+    algorithm, every phase was timed where it runs, and no phase is counted twice (their sum stays within the
+    iteration's time); the patched functions are restored afterwards."""
+    backward = torch.autograd.backward
+    report = bench.main(["--tiny", "--threads", "1", "--algorithms", "dql,idql,awr",
+                         "--json", str(tmp_path / "bench.json")])
+    assert torch.autograd.backward is backward
     assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(report))
     assert set(report["sampling_seconds"]) == {"2", "4"}
     assert all(seconds > 0 for seconds in report["sampling_seconds"].values())
     update = report["update"]
     assert update["terms"] == 4 * 3  # batch_size x ft_denoising_steps of the tiny config
-    assert update["update_terms_per_s"] == pytest.approx(update["terms"] / update["update_seconds"])
-    assert 0 < update["update_vs_roofline"]
+    for precision in ("fp32", "bf16"):
+        figures = update[precision]
+        assert figures["update_terms_per_s"] == pytest.approx(update["terms"] / figures["update_seconds"])
+        assert 0 < figures["update_vs_roofline"]
+    assert report["precision"] in ("fp32", "bf16")
     assert 2 * 3 <= report["env"]["env_steps"] <= 2 * 3 * 4  # envs x chunk-steps x (1 to act_steps) env steps
-    iteration = report["iteration"]
-    phases = iteration["phases"]
-    assert set(phases) == {"env_wait", "sampling", "rollout_other", "old_log_probs", "loss_forward",
-                           "update_backward_and_rest"}
-    assert sum(phases.values()) == pytest.approx(iteration["total_seconds"])
-    assert min(phases["env_wait"], phases["sampling"], phases["loss_forward"]) > 0
-    assert iteration["rollout_vs_bound"] > 0
+    rollout_phases = {"env_wait", "sampling", "reward_scaling", "rollout_bookkeeping"}
+    update_phases = {"backward", "optimizer"}
+    expected = {
+        "fp32": rollout_phases | update_phases | {"gae", "loss_forward"},  # old log-probs kept by the sampler
+        "bf16": rollout_phases | update_phases | {"gae", "loss_forward", "old_log_probs"},  # recomputed
+        "dql": rollout_phases | update_phases | {"replay_sample", "critic_forward", "target_actions",
+                                                 "actor_chain_forward", "actor_bc_forward", "target_update"},
+        "idql": rollout_phases | update_phases | {"replay_sample", "critic_forward", "actor_forward", "target_update"},
+        "awr": rollout_phases | update_phases | {"replay_sample", "td_lambda", "critic_forward", "actor_forward"},
+    }
+    iterations = {**{p: report["iteration"][p] for p in ("fp32", "bf16")}, **report["algorithms"]}
+    for name, iteration in iterations.items():
+        assert set(iteration["phases"]) == expected[name], name
+        assert all(seconds > 0 for seconds in iteration["phases"].values()), name
+        assert all(iteration["calls"][phase] > 0 for phase in iteration["phases"]), name
+        assert sum(iteration["phases"].values()) <= iteration["total_seconds"], name
+        assert iteration["unaccounted_seconds"] == pytest.approx(
+            iteration["total_seconds"] - sum(iteration["phases"].values()))
+        assert iteration["rollout_seconds"] + iteration["update_seconds"] == pytest.approx(iteration["total_seconds"])
+        assert iteration["rollout_vs_bound"] > 0 if name in ("fp32", "bf16") else iteration["per_env_step_vs_dppo"] > 0
+    assert report["iteration"]["fp32"]["calls"]["sampling"] == 3  # one explore per chunk-step, 3 chunk-steps
+    assert report["algorithms"]["dql"]["calls"]["target_update"] == report["algorithms"]["dql"]["gradient_steps"]
 
 
-def test_phase_clock_counts_nested_calls_once():
+def test_phase_clock_counts_nested_calls_once_and_restores_what_it_wrapped():
     class Work:
         def inner(self):
             return 1
@@ -121,11 +144,12 @@ def test_phase_clock_counts_nested_calls_once():
             return self.inner() + 1
 
     work = Work()
-    clock = bench.PhaseClock("cpu")
-    clock.wrap(work, "inner", "inner")
-    clock.wrap(work, "outer", "outer")
-    assert work.outer() == 2 and work.inner() == 1
-    assert set(clock.seconds) == {"outer", "inner"}  # inner was timed once, by its own call
+    with bench.PhaseClock("cpu") as clock:
+        clock.wrap(work, "inner", "inner")
+        clock.wrap(work, "outer", "outer")
+        assert work.outer() == 2 and work.inner() == 1
+    assert dict(clock.calls) == {"outer": 1, "inner": 1}  # inner inside outer counted in outer only
+    assert "inner" not in vars(work) and "outer" not in vars(work)
 
 
 # ---- old log-probabilities kept by the sampler ------------------------------------------------------------

@@ -44,6 +44,7 @@ from dppo.checkpoint import (
 from dppo.config import ConfigError, require
 from dppo.divergence import check_finite
 from dppo.logging import MetricLogger
+from dppo.optimizers import adamw
 from dppo.precision import autocast, check_precision
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from dppo.schedulers import RunningRewardScaler, WarmupCosineLR
@@ -137,7 +138,7 @@ class FinetuneAgent:
         <role>_lr_scheduler (role: actor or critic); saved with checkpoints, stepped once per iteration."""
         train = self.cfg.train
         lr = train[f"{role}_lr"]
-        optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=train[f"{role}_weight_decay"])
+        optimizer = adamw(parameters, lr=lr, weight_decay=train[f"{role}_weight_decay"], device=self.device)
         self.optimizers[name] = optimizer
         self.lr_schedulers[name] = WarmupCosineLR(optimizer, max_lr=lr, **train[f"{role}_lr_scheduler"])
         return optimizer

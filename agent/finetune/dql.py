@@ -49,7 +49,7 @@ class DQLAgent(FinetuneAgent):
                     actor_loss, terms = dql_actor_loss(self.model, self.critic, batch, train.eta, self.act_steps,
                                                        train.bc_on)
                 self.actor_optimizer.zero_grad()
-                actor_loss.backward()
+                actor_loss.backward(inputs=self.model.actor_parameters())  # not the critic's weight gradients
                 history["actor_grad_norm"].append(gradient_norm(self.model.actor_parameters()))
                 self.actor_step(self.actor_optimizer)
                 history["actor_loss"].append(actor_loss.item())

@@ -41,6 +41,7 @@ from dppo.distributed import (
 from dppo.divergence import check_finite
 from dppo.ema import EMA
 from dppo.logging import MetricLogger
+from dppo.optimizers import adamw
 from dppo.precision import autocast, check_precision
 from dppo.runtime import derived_seed, prepare_run_dir, set_seed, wandb_config
 from dppo.schedulers import WarmupCosineLR
@@ -69,8 +70,8 @@ class PreTrainAgent:
         if self.rank.is_main:
             self.ema = EMA(self.model.network, decay=train.ema.decay, start_step=train.ema.start_step,
                            update_every=train.ema.update_every)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=train.learning_rate,
-                                           weight_decay=train.weight_decay)
+        self.optimizer = adamw(self.model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay,
+                               device=self.device)
         self.lr_scheduler = WarmupCosineLR(self.optimizer, first_cycle_steps=train.n_epochs,
                                            warmup_steps=train.lr_scheduler.warmup_steps,
                                            max_lr=train.learning_rate, min_lr=train.lr_scheduler.min_lr)

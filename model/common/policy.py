@@ -54,8 +54,9 @@ class ChunkPolicy(_DeclaredSurface, nn.Module):
     """A network over action chunks (B, Ta, Da) conditioned on observations cond = {"state": (B, To, Do), ...}.
 
     Surface: `per_sample_bc_loss(actions, cond)` (behaviour cloning, (B,)), `bc_loss` (its mean),
-    `act(cond)` (deterministic chunks for evaluation) and `explore(cond) -> (actions, stored)`. `network_path` (a pre-training checkpoint or shipped
-    policy file) initializes `network`.
+    `act(cond)` (deterministic chunks for evaluation), `explore(cond) -> (actions, stored)` and
+    `explore_actions(cond)` (the chunks alone). `network_path` (a pre-training checkpoint or shipped policy file)
+    initializes `network`.
     """
 
     abstract = True
@@ -104,6 +105,11 @@ class ChunkPolicy(_DeclaredSurface, nn.Module):
     @abstractmethod
     def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:
         """Exploring chunks (B, Ta, Da) and {key: (B, ...)} the rollout stores beside them."""
+
+    def explore_actions(self, cond: dict) -> torch.Tensor:
+        """Exploring chunks (B, Ta, Da) alone, for algorithms that store nothing beside them (DQL's TD target,
+        IDQL's candidates). A policy whose `explore` computes extra things to store skips them here."""
+        return self.explore(cond)[0]
 
 
 class FinetunePolicy(ChunkPolicy):

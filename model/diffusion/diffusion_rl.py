@@ -72,6 +72,10 @@ class FinetuneDiffusion(DiffusionModel, FinetunePolicy):
         step_log_probs = self.step_log_probs(sample.chain_means, sample.chain_log_vars, sample.chains[:, 1:])
         return sample.actions, {"chains": sample.chains, "log_probs": self.reduce_log_probs(step_log_probs)}
 
+    def explore_actions(self, cond: dict) -> torch.Tensor:
+        """Exploring chunks (B, Ta, Da) without the chain and its log-probabilities."""
+        return self.sample(cond, deterministic=False).actions
+
     def sample_differentiable(self, cond: dict) -> torch.Tensor:
         """Exploring chunks (B, Ta, Da) with the graph through every fine-tuned denoising step."""
         return self.sample(cond, deterministic=False, requires_grad=True).actions

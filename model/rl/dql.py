@@ -26,7 +26,7 @@ def dql_critic_loss(policy: FinetunePolicy, critic: nn.Module, critic_target: nn
     """
     q1, q2 = critic(batch["obs"], batch["actions"][:, :act_steps])
     with torch.no_grad():
-        next_actions = policy.explore(batch["next_obs"])[0]
+        next_actions = policy.explore_actions(batch["next_obs"])
         next_q = torch.min(*critic_target(batch["next_obs"], next_actions[:, :act_steps]))
         targets = batch["rewards"] + gamma * (~batch["terminated"]) * next_q
     return double_q_loss(q1, q2, targets)

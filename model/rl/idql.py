@@ -59,7 +59,7 @@ class CandidateSelector:
         (row s * B + b is candidate s of state b)."""
         batch = cond["state"].shape[0]
         repeated = {key: value.repeat(n, *([1] * (value.ndim - 1))) for key, value in cond.items()}
-        chunks = self.policy.act(repeated) if deterministic else self.policy.explore(repeated)[0]
+        chunks = self.policy.act(repeated) if deterministic else self.policy.explore_actions(repeated)
         q = torch.min(*self.target_q(repeated, chunks[:, : self.act_steps]))
         return chunks.view(n, batch, *chunks.shape[1:]), q.view(n, batch), repeated
 
