@@ -8,7 +8,7 @@
 
 Figures (docs/PERFORMANCE.md reads them):
 - sampling: median latency of `model.explore` (all K denoising steps, the K' fine-tuned ones kept) for 10, 40
-  and 160 envs' observations, in float32 (rollouts sample in float32).
+  and 160 envs' observations, in float32 (what rollouts run) and under bf16 autocast (for comparison).
 - log_probs: (sample, denoising step) terms per second of `model.log_probs` over one minibatch, no graph.
 - update, per precision (fp32 and bf16, side by side): seconds of `PPOAgent.minibatch_update` (forward,
   backward, optimizer step) on one minibatch of the config's size, and its roofline in that precision: the
@@ -59,7 +59,7 @@ from agent.finetune import ppo as ppo_module  # noqa: E402
 from agent.finetune import dql as dql_module  # noqa: E402
 from agent.finetune import idql as idql_module  # noqa: E402
 from dppo.config import register_resolvers, validate_config  # noqa: E402
-from dppo.precision import PRECISIONS, native_bf16  # noqa: E402
+from dppo.precision import PRECISIONS, autocast, native_bf16  # noqa: E402
 from dppo.runtime import available_cores, set_threads  # noqa: E402
 
 CONFIG_NAME = "ft_ppo_diffusion_mlp"
@@ -160,12 +160,12 @@ def random_obs(model, n: int, device: str) -> dict:
     return {"state": torch.randn(n, model.cond_steps, model.obs_dim, device=device)}
 
 
-def bench_sampling(model, sizes, repeats: int, device: str) -> dict:
-    """Median seconds of one `explore` call per batch size."""
+def bench_sampling(model, sizes, repeats: int, device: str, precision: str = "fp32") -> dict:
+    """Median seconds of one `explore` call per batch size, its forward passes in `precision`."""
     result = {}
     for n in sizes:
         obs = random_obs(model, n, device)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, device):
             result[str(n)] = median_seconds(lambda: model.explore(obs), repeats, device)
     return result
 
@@ -389,7 +389,9 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
             agent = ppo_module.PPOAgent(cfg)
             try:
                 repeats = mode["repeats"]
-                results = {"sampling_seconds": bench_sampling(agent.model, mode["sampling_envs"], repeats, device)}
+                results = {"sampling_seconds": {
+                    precision: bench_sampling(agent.model, mode["sampling_envs"], repeats, device, precision)
+                    for precision in PRECISIONS}}
                 results["update"] = bench_update(agent, mode["update_repeats"], device)
                 results["env"] = bench_env(agent, cfg.train.n_steps, device)
                 results["iteration"] = {}
@@ -448,7 +450,8 @@ def table(report: dict) -> str:
     rows = [("threads / busy processes / OMP_WAIT_POLICY",
              f"{report['threads']} / {report['busy_processes']} / {report['omp_wait_policy']}"),
             ("precision of the config (bf16 native here)", f"{report['precision']} ({report['bf16_native']})")]
-    rows += [(f"sampling, {n} envs", f"{seconds * 1e3:.1f} ms") for n, seconds in report["sampling_seconds"].items()]
+    for precision, sampling in report["sampling_seconds"].items():
+        rows += [(f"sampling {precision}, {n} envs", f"{seconds * 1e3:.1f} ms") for n, seconds in sampling.items()]
     rows.append(("log-probs", f"{update['log_probs_terms_per_s']:,.0f} terms/s"))
     for precision in PRECISIONS:
         figures = update[precision]

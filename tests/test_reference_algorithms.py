@@ -258,7 +258,7 @@ def test_idql_candidate_selection(monkeypatch, mode):
                                  exploration_weight=case["inputs"]["critic_hyperparam"])
     cond = {"state": case["inputs"]["state"]}
     replay = Replay(monkeypatch, randn=case["draws"]["randn"], randn_like=case["draws"]["randn_like"])
-    chunks, q, _ = selector.candidates(cond, case["inputs"]["num_sample"], deterministic=mode == "evaluate")
+    chunks, q = selector.candidates(cond, case["inputs"]["num_sample"], deterministic=mode == "evaluate")
     replay.assert_consumed()
     close(chunks.reshape(-1, *chunks.shape[2:]), case["candidates"])
     close(q.reshape(-1), torch.min(case["q1"], case["q2"]))

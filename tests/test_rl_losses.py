@@ -232,18 +232,18 @@ def test_idql_acting_picks_the_best_candidate_and_explores_with_implicit_weights
     torch.manual_seed(1)
     chosen = model.act(cond)
     torch.manual_seed(1)
-    candidates, q, _ = model.candidates(cond, 7, deterministic=True)
+    candidates, q = model.candidates(cond, 7, deterministic=True)
     best = candidates[q.argmax(0), torch.arange(3)]
     torch.testing.assert_close(chosen, best)
     assert (chosen.sum(dim=(-2, -1)) >= candidates.sum(dim=(-2, -1)) - 1e-6).all()
 
     # V between the best and the second best candidate: with exploration_weight 1 only the best can be drawn
     torch.manual_seed(2)
-    candidates, q, _ = model.candidates(cond, 6, deterministic=False)
+    candidates, q = model.candidates(cond, 6, deterministic=False)
     top2 = q.topk(2, dim=0).values
     model.critic_v = FixedV(0.0)
     model.exploration_weight = 1.0
-    model.critic_v.forward = lambda c: ((top2[0] + top2[1]) / 2).repeat(6)
+    model.critic_v.forward = lambda c: (top2[0] + top2[1]) / 2  # V(s) of the 3 states
     torch.manual_seed(2)
     explored, stored = model.explore(cond)
     assert stored == {}

@@ -57,6 +57,7 @@ CHECKPOINT_FORMAT = 2  # 2: modules by attribute name (policy apart from critics
 
 class FinetuneAgent:
     off_policy = False  # off-policy algorithms get a replay buffer of train.buffer_size chunk-steps per env
+    reads_stored = False  # whether `update` reads what the policy's `explore` stores (PPO: chains, log-probs)
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -119,8 +120,11 @@ class FinetuneAgent:
         return autocast(self.precision, self.device)
 
     def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:
-        """Exploring chunks (B, Ta, Da) and what the rollout stores beside them: the policy's by default."""
-        return self.model.explore(cond)
+        """Exploring chunks (B, Ta, Da) and what the rollout stores beside them: the policy's by default, or
+        nothing when the algorithm never reads it (the policy then skips computing it: `explore_actions`)."""
+        if self.reads_stored:
+            return self.model.explore(cond)
+        return self.model.explore_actions(cond), {}
 
     def act(self, cond: dict) -> torch.Tensor:
         """Deterministic chunks (B, Ta, Da) for evaluation: the policy's by default."""

@@ -26,6 +26,7 @@ METRIC_KEYS = ("loss", "pg_loss", "value_loss", "bc_loss", "entropy_loss", "appr
 
 
 class PPOAgent(FinetuneAgent):
+    reads_stored = True  # the chains (or chunks) and their log-probabilities
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
         train = cfg.train

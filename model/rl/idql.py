@@ -54,20 +54,20 @@ class CandidateSelector:
         self.exploration_weight = exploration_weight
 
     @torch.no_grad()
-    def candidates(self, cond: dict, n: int, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """n candidate chunks per state and their min target Q: (n, B, Ta, Da), (n, B), and cond repeated n times
-        (row s * B + b is candidate s of state b)."""
+    def candidates(self, cond: dict, n: int, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """n candidate chunks per state and their min target Q: (n, B, Ta, Da), (n, B) (drawn as one batch whose
+        row s * B + b is candidate s of state b)."""
         batch = cond["state"].shape[0]
         repeated = {key: value.repeat(n, *([1] * (value.ndim - 1))) for key, value in cond.items()}
         chunks = self.policy.act(repeated) if deterministic else self.policy.explore_actions(repeated)
         q = torch.min(*self.target_q(repeated, chunks[:, : self.act_steps]))
-        return chunks.view(n, batch, *chunks.shape[1:]), q.view(n, batch), repeated
+        return chunks.view(n, batch, *chunks.shape[1:]), q.view(n, batch)
 
     @torch.no_grad()
     def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:
         """One of `num_sample` exploring candidates per state, drawn with the implicit-policy weights; stores nothing."""
-        chunks, q, repeated = self.candidates(cond, self.num_sample, deterministic=False)
-        advantage = q - self.critic_v(repeated).view_as(q)
+        chunks, q = self.candidates(cond, self.num_sample, deterministic=False)
+        advantage = q - self.critic_v(cond)[None, :]  # V(s) once per state, not once per candidate
         weights = torch.where(advantage > 0, self.exploration_weight, 1 - self.exploration_weight)
         choice = torch.multinomial((weights / weights.sum(0)).T, 1).squeeze(-1)  # (B,)
         return chunks[choice, torch.arange(chunks.shape[1], device=chunks.device)], {}
@@ -75,5 +75,5 @@ class CandidateSelector:
     @torch.no_grad()
     def act(self, cond: dict) -> torch.Tensor:
         """The deterministic candidate of highest min Q_target among `eval_num_sample`: (B, Ta, Da)."""
-        chunks, q, _ = self.candidates(cond, self.eval_num_sample, deterministic=True)
+        chunks, q = self.candidates(cond, self.eval_num_sample, deterministic=True)
         return chunks[q.argmax(0), torch.arange(chunks.shape[1], device=chunks.device)]
