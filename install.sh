@@ -3,5 +3,11 @@
 # elsewhere PyPI's default build (CUDA on Linux).
 set -euo pipefail
 cd "$(dirname "$0")"
+# tcmalloc (dppo/allocator.py: script/run.py uses it when present): from Debian/Ubuntu where we may install.
+if command -v apt-get > /dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q --no-install-recommends libtcmalloc-minimal4 > /dev/null 2>&1 \
+        || { apt-get update -q > /dev/null 2>&1 && apt-get install -y -q --no-install-recommends libtcmalloc-minimal4 > /dev/null 2>&1; } \
+        || echo "install.sh: could not install libtcmalloc-minimal4; runs will use the system allocator (slower)."
+fi
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[all]"

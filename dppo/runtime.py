@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dppo.allocator import loaded_allocator
+
 
 def set_seed(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
@@ -88,7 +90,8 @@ def package_versions(packages: tuple[str, ...]) -> dict:
 
 def software_versions() -> dict:
     """Python, the platform, key packages and the project's git commit, so a run can be reproduced."""
-    versions = {**package_versions(VERSIONED_PACKAGES), "platform": platform.platform()}
+    versions = {**package_versions(VERSIONED_PACKAGES), "platform": platform.platform(),
+                "allocator": loaded_allocator()}
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)

@@ -9,6 +9,7 @@ rebuilding the vector env when a worker process dies.
 import dataclasses
 import functools
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -102,6 +103,22 @@ def env_groups(num_envs: int, n_groups: int) -> list[slice]:
     return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
+class SingleThreadedWorker:
+    """An env constructor that, in a worker process, first sets torch to 1 thread: each async env is one worker
+    process, and a worker's torch (any torch op of a wrapper or simulator stack) must not start one thread per core
+    on top of the other workers, whatever the main process's `threads` setting is (also `threads=null`). Called in
+    the process that built it (gymnasium builds one env there to read the spaces), it changes nothing."""
+
+    def __init__(self, env_fn: Callable[[], gym.Env]):
+        self.env_fn = env_fn
+        self.main_pid = os.getpid()
+
+    def __call__(self) -> gym.Env:
+        if os.getpid() != self.main_pid:
+            torch.set_num_threads(1)
+        return self.env_fn()
+
+
 class TorchVectorEnv:
     """Steps `len(env_fns)` envs with action chunks and returns torch tensors on `device`.
 
@@ -142,7 +159,8 @@ class TorchVectorEnv:
     def _build(self, group: slice) -> gym.vector.VectorEnv:
         autoreset_mode = gym.vector.AutoresetMode.SAME_STEP
         if self.asynchronous:
-            return gym.vector.AsyncVectorEnv(self.env_fns[group], shared_memory=True, autoreset_mode=autoreset_mode,
+            workers = [SingleThreadedWorker(env_fn) for env_fn in self.env_fns[group]]
+            return gym.vector.AsyncVectorEnv(workers, shared_memory=True, autoreset_mode=autoreset_mode,
                                              context=self.start_method)
         return gym.vector.SyncVectorEnv(self.env_fns[group], autoreset_mode=autoreset_mode)
 

@@ -48,6 +48,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # script/run.py's default, so the bench measures it
+if __name__ == "__main__":  # and its allocator (dppo/allocator.py)
+    from dppo.allocator import use_tcmalloc
+
+    use_tcmalloc()
 
 import hydra  # noqa: E402
 import torch  # noqa: E402
@@ -58,6 +62,7 @@ from agent.finetune import base as base_module  # noqa: E402
 from agent.finetune import ppo as ppo_module  # noqa: E402
 from agent.finetune import dql as dql_module  # noqa: E402
 from agent.finetune import idql as idql_module  # noqa: E402
+from dppo.allocator import loaded_allocator  # noqa: E402
 from dppo.config import register_resolvers, validate_config  # noqa: E402
 from dppo.precision import PRECISIONS, autocast, native_bf16  # noqa: E402
 from dppo.runtime import available_cores, set_threads  # noqa: E402
@@ -422,6 +427,7 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
         "machine": machine(),
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+        "allocator": loaded_allocator(),
         "busy_processes": busy,
         "device": device,
         "bf16_native": native_bf16(device),
@@ -447,8 +453,8 @@ def iteration_rows(label: str, iteration: dict) -> list[tuple[str, str]]:
 
 def table(report: dict) -> str:
     update, env = report["update"], report["env"]
-    rows = [("threads / busy processes / OMP_WAIT_POLICY",
-             f"{report['threads']} / {report['busy_processes']} / {report['omp_wait_policy']}"),
+    rows = [("threads / busy processes / OMP_WAIT_POLICY / allocator",
+             f"{report['threads']} / {report['busy_processes']} / {report['omp_wait_policy']} / {report['allocator']}"),
             ("precision of the config (bf16 native here)", f"{report['precision']} ({report['bf16_native']})")]
     for precision, sampling in report["sampling_seconds"].items():
         rows += [(f"sampling {precision}, {n} envs", f"{seconds * 1e3:.1f} ms") for n, seconds in sampling.items()]

@@ -31,6 +31,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("P
 # docs/PERFORMANCE.md; an explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+if __name__ == "__main__":  # tcmalloc where installed (dppo/allocator.py): re-executes this script once, first
+    from dppo.allocator import use_tcmalloc
+
+    use_tcmalloc()
+
 from dppo.config import ConfigError, register_resolvers, startup_error_line, validate_config  # noqa: E402
 from dppo.distributed import world_size  # noqa: E402
 from dppo.divergence import NonFiniteError  # noqa: E402

@@ -280,3 +280,31 @@ def test_two_async_groups_step_apart_and_a_dead_worker_cuts_only_its_group():
         assert envs.step(torch.zeros(3, 2, 3)).n_executed.tolist() == [2, 2, 2]
     finally:
         envs.close()
+
+
+class ThreadCountEnv(CountingEnv):
+    """obs = [torch threads of the process the env runs in]."""
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.array([float(torch.get_num_threads())]), {}
+
+
+def make_thread_count_env() -> gym.Env:
+    return MultiStep(StateDictObservation(ThreadCountEnv()), 1, 1)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_async_env_workers_run_torch_on_one_thread(start_method):
+    """Whatever the main process's threads (here 2, as with threads=null on this machine), each worker has 1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        envs = TorchVectorEnv([make_thread_count_env] * 2, asynchronous=True, start_method=start_method)
+        try:
+            assert first_obs_feature(envs.reset(seed=0)) == [[1], [1]]
+        finally:
+            envs.close()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
