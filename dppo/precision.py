@@ -1,11 +1,12 @@
 """Mixed precision of the training updates: `precision: fp32 | bf16` (config key; `${default_precision:${device}}`).
 
-bf16 runs the forward passes of every update (fine-tuning losses, pre-training's BC loss) under
-`torch.autocast(dtype=torch.bfloat16)`: matmuls and convolutions in bfloat16, with float32 master weights,
-float32 gradients and float32 optimizer state (backward and the optimizer step run outside autocast). The
-networks' output layers stay in float32 (model/common/mlp.py `OutputLinear`), so values, noise predictions and
-Gaussian means leave a network unrounded and every loss is computed in float32. Rollout sampling and
-evaluation stay in float32.
+bf16 runs the forward passes of every update (fine-tuning losses, pre-training's BC loss) and of rollout
+sampling under `torch.autocast(dtype=torch.bfloat16)`: matmuls and convolutions in bfloat16, with float32 master
+weights, float32 gradients and float32 optimizer state (backward and the optimizer step run outside autocast).
+The networks' output layers stay in float32 (model/common/mlp.py `OutputLinear`), so values, noise predictions
+and Gaussian means leave a network unrounded and every loss is computed in float32. Evaluation acts in float32.
+PPO recomputes the old log-probabilities on the update's bf16 path (agent/finetune/ppo.py), so a fresh
+minibatch has ratio 1.
 
 The default is bf16 where the hardware has bf16 matrix units (CPUs with avx512_bf16 or amx_bf16; CUDA GPUs that
 support bf16), fp32 elsewhere; docs/PERFORMANCE.md has the speed-ups and the learning-parity runs that decided it.

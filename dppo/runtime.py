@@ -1,5 +1,6 @@
 """Start-up of every run: seeding, device choice, threads, run directory."""
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -54,6 +55,19 @@ def job_threads(threads: int | None, n_parallel_jobs: int) -> int | None:
     if n_parallel_jobs > 1:
         return max(1, available_cores() // n_parallel_jobs)
     return None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with `threads` torch threads (None: unchanged), then restore the previous count."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads is not None:
+            torch.set_num_threads(previous)
 
 
 def set_threads(threads: int) -> None:

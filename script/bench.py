@@ -8,7 +8,7 @@
 
 Figures (docs/PERFORMANCE.md reads them):
 - sampling: median latency of `model.explore` (all K denoising steps, the K' fine-tuned ones kept) for 10, 40
-  and 160 envs' observations, in float32 (what rollouts run) and under bf16 autocast (for comparison).
+  and 160 envs' observations, in each precision (rollouts sample in the run's), on train.sampling_threads.
 - log_probs: (sample, denoising step) terms per second of `model.log_probs` over one minibatch, no graph.
 - update, per precision (fp32 and bf16, side by side): seconds of `PPOAgent.minibatch_update` (forward,
   backward, optimizer step) on one minibatch of the config's size, and its roofline in that precision: the
@@ -65,7 +65,7 @@ from agent.finetune import idql as idql_module  # noqa: E402
 from dppo.allocator import loaded_allocator  # noqa: E402
 from dppo.config import register_resolvers, validate_config  # noqa: E402
 from dppo.precision import PRECISIONS, autocast, native_bf16  # noqa: E402
-from dppo.runtime import available_cores, set_threads  # noqa: E402
+from dppo.runtime import available_cores, set_threads, torch_threads  # noqa: E402
 
 CONFIG_NAME = "ft_ppo_diffusion_mlp"
 ALGORITHM_CONFIGS = {"dql": "ft_dql_diffusion_mlp", "idql": "ft_idql_diffusion_mlp", "awr": "ft_awr_diffusion_mlp"}
@@ -165,12 +165,13 @@ def random_obs(model, n: int, device: str) -> dict:
     return {"state": torch.randn(n, model.cond_steps, model.obs_dim, device=device)}
 
 
-def bench_sampling(model, sizes, repeats: int, device: str, precision: str = "fp32") -> dict:
-    """Median seconds of one `explore` call per batch size, its forward passes in `precision`."""
+def bench_sampling(model, sizes, repeats: int, device: str, precision: str, threads: int | None) -> dict:
+    """Median seconds of one `explore` call per batch size, its forward passes in `precision`, on `threads`
+    torch threads (the config's train.sampling_threads, as rollouts sample)."""
     result = {}
     for n in sizes:
         obs = random_obs(model, n, device)
-        with torch.no_grad(), autocast(precision, device):
+        with torch.no_grad(), autocast(precision, device), torch_threads(threads):
             result[str(n)] = median_seconds(lambda: model.explore(obs), repeats, device)
     return result
 
@@ -289,7 +290,8 @@ def timed_iteration(agent, clock: PhaseClock, device: str) -> dict:
         wrap_update_phases(clock, agent)
         for owner, name, phase in ITERATION_PHASES[type(agent).__name__](agent):
             clock.wrap(owner, name, phase)
-        rollout, _, rollout_metrics = agent.collect_rollout(obs)
+        with torch_threads(agent.cfg.train.sampling_threads):  # as FinetuneAgent.run
+            rollout, _, rollout_metrics = agent.collect_rollout(obs)
         synchronize(device)
         rollout_seconds = time.perf_counter() - start
         if agent.replay is not None:
@@ -395,7 +397,8 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
             try:
                 repeats = mode["repeats"]
                 results = {"sampling_seconds": {
-                    precision: bench_sampling(agent.model, mode["sampling_envs"], repeats, device, precision)
+                    precision: bench_sampling(agent.model, mode["sampling_envs"], repeats, device, precision,
+                                              cfg.train.sampling_threads)
                     for precision in PRECISIONS}}
                 results["update"] = bench_update(agent, mode["update_repeats"], device)
                 results["env"] = bench_env(agent, cfg.train.n_steps, device)
@@ -404,7 +407,6 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
                     with running_in(agent, precision):
                         results["iteration"][precision] = bench_iteration(agent, device)
                 n_envs = cfg.env.n_envs
-                per_step = bench_sampling(agent.model, (n_envs,), repeats, device)[str(n_envs)]
             finally:
                 agent.venv.close()
         results["algorithms"] = {
@@ -413,8 +415,8 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
     finally:
         for process in loaders:
             process.terminate()
-    sampling_only = cfg.train.n_steps * per_step
-    for iteration in results["iteration"].values():
+    for precision, iteration in results["iteration"].items():
+        sampling_only = cfg.train.n_steps * results["sampling_seconds"][precision][str(n_envs)]
         iteration["sampling_only_seconds"] = sampling_only
         iteration["rollout_vs_bound"] = iteration["rollout_seconds"] / max(results["env"]["seconds"], sampling_only)
     results["iteration"]["bf16_vs_fp32"] = (results["iteration"]["bf16"]["total_seconds"]
@@ -432,6 +434,7 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
         "device": device,
         "bf16_native": native_bf16(device),
         "precision": cfg.precision,
+        "sampling_threads": cfg.train.sampling_threads,
         "config": {"name": CONFIG_NAME, "tiny": tiny, "overrides": overrides, "n_envs": n_envs,
                    "n_steps": cfg.train.n_steps, "batch_size": cfg.train.batch_size,
                    "update_epochs": cfg.train.update_epochs, "denoising_steps": cfg.denoising_steps,
@@ -455,7 +458,8 @@ def table(report: dict) -> str:
     update, env = report["update"], report["env"]
     rows = [("threads / busy processes / OMP_WAIT_POLICY / allocator",
              f"{report['threads']} / {report['busy_processes']} / {report['omp_wait_policy']} / {report['allocator']}"),
-            ("precision of the config (bf16 native here)", f"{report['precision']} ({report['bf16_native']})")]
+            ("precision of the config (bf16 native here)", f"{report['precision']} ({report['bf16_native']})"),
+            ("sampling threads", f"{report['sampling_threads']}")]
     for precision, sampling in report["sampling_seconds"].items():
         rows += [(f"sampling {precision}, {n} envs", f"{seconds * 1e3:.1f} ms") for n, seconds in sampling.items()]
     rows.append(("log-probs", f"{update['log_probs_terms_per_s']:,.0f} terms/s"))

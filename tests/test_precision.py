@@ -94,8 +94,8 @@ def test_bf16_losses_and_gradients_agree_with_fp32_on_a_fixed_batch(pretrained, 
 
 def test_bf16_update_starts_every_minibatch_at_ratio_one(pretrained, tmp_path):
     """With frozen weights (learning rates 0), every minibatch of a bf16 update is fresh: ratio 1, approx_kl 0 and
-    clipfrac 0, since the old log-probs are recomputed on the loss's bf16 path. The float32 log-probs the sampler
-    stored would not do: against them the ratio leaves the bounds (on the shipped 512-wide policy, log-probs differ
+    clipfrac 0, since the old log-probs are recomputed on the loss's bf16 path. Float32 log-probs (a float32
+    sampler's) would not do: against them the ratio leaves the bounds (on the shipped 512-wide policy, log-probs differ
     by up to 7e-3, beyond DPPO's clip coefficients of 1e-3 to 1e-2)."""
     agent = make_agent(pretrained, tmp_path, "bf16", "bf16", ["train.actor_lr=0", "train.critic_lr=0",
                                                               "train.update_epochs=3"])
@@ -109,7 +109,9 @@ def test_bf16_update_starts_every_minibatch_at_ratio_one(pretrained, tmp_path):
     obs = {key: value.flatten(0, 1) for key, value in rollout.obs.items()}
     stored = {key: value.flatten(0, 1) for key, value in rollout.stored.items()}
     n = obs["state"].shape[0]
+    with torch.no_grad():
+        float32_log_probs = agent.model.log_probs(obs, stored)  # what a float32 sampler stores
     with agent.autocast():
-        against_sampler = ppo_loss(agent.model, agent.critic, obs, stored, torch.zeros(n), torch.zeros(n),
-                                   torch.randn(n), stored["log_probs"], agent.settings)
-    assert against_sampler.approx_kl > 1e-8 and abs(against_sampler.ratio - 1) > 1e-7  # outside the bounds above
+        against_float32 = ppo_loss(agent.model, agent.critic, obs, stored, torch.zeros(n), torch.zeros(n),
+                                   torch.randn(n), float32_log_probs, agent.settings)
+    assert against_float32.approx_kl > 1e-8 and abs(against_float32.ratio - 1) > 1e-7  # outside the bounds above
