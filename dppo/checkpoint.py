@@ -140,14 +140,23 @@ def find_resume_checkpoint(resume: str, run_dir_hint: str | None = None) -> str:
     )
 
 
-def resolve_resume(resume, name_dir: str) -> tuple[str, str] | None:
-    """Where a run resumes from: `resume` is null (fresh run), true (the latest run under `name_dir`
-    that has checkpoint/last.pt), or a run directory / checkpoint file.
+def resolve_resume(resume, logdir: str) -> tuple[str, str] | None:
+    """Where a run whose configured run directory is `logdir` resumes from. `resume` is
+    - null: a fresh run;
+    - true: the latest run beside `logdir` (same parent: the runs of one name) that has checkpoint/last.pt;
+    - auto: `logdir` itself when it has checkpoint/last.pt, else a fresh run, so that one command line with a
+      fixed `logdir` serves a first launch and every relaunch of it (a requeued cluster job, a sweep started
+      again: each job continues where it stopped);
+    - a run directory or checkpoint file.
 
     Returns (checkpoint_path, run_dir), or None for a fresh run.
     """
+    name_dir = os.path.dirname(logdir)
     if resume is None or resume is False:
         return None
+    if str(resume).lower() == "auto":
+        checkpoint = last_checkpoint_path(logdir)
+        return (checkpoint, logdir) if os.path.isfile(checkpoint) else None
     if resume is True or str(resume).lower() == "true":
         runs = sorted(os.listdir(name_dir)) if os.path.isdir(name_dir) else []
         runs = [os.path.join(name_dir, run) for run in runs if os.path.isfile(last_checkpoint_path(os.path.join(name_dir, run)))]

@@ -161,6 +161,24 @@ def test_resume_reproduces_uninterrupted_run(pretrained, tmp_path):
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), (want["step"], key)
 
 
+def test_resume_auto_starts_fresh_then_continues_from_the_same_command_line(pretrained, tmp_path):
+    """resume=auto with a fixed logdir: the first launch starts fresh, the same command then continues it (the
+    requeue of a cluster job), and a finished run relaunched logs nothing twice."""
+    dataset_dir, _ = pretrained
+    run_dir = tmp_path / "fixed"
+    straight = tmp_path / "straight"
+    run_config("ft_ppo_diffusion_mlp", finetune_overrides(dataset_dir, straight, n_train_itr=4))
+    run_config("ft_ppo_diffusion_mlp", finetune_overrides(dataset_dir, run_dir, n_train_itr=2) + ["resume=auto"])
+    assert [row["step"] for row in read_metrics(run_dir) if "train/loss" in row] == [1, 2]
+    for _ in range(2):  # the relaunch continues to 4; a second relaunch finds the run done
+        run_config("ft_ppo_diffusion_mlp", finetune_overrides(dataset_dir, run_dir, n_train_itr=4) + ["resume=auto"])
+    rows = read_metrics(run_dir)
+    assert [row["step"] for row in rows if "train/loss" in row] == [1, 2, 3, 4]
+    expected = [row for row in read_metrics(straight) if "train/loss" in row]
+    for want, got in zip(expected, [row for row in rows if "train/loss" in row]):
+        assert got["train/loss"] == pytest.approx(want["train/loss"], rel=1e-5, abs=1e-7)
+
+
 def test_finetuning_rejects_checkpoint_of_another_architecture(pretrained, tmp_path):
     dataset_dir, _ = pretrained
     overrides = finetune_overrides(dataset_dir, tmp_path, n_train_itr=1)

@@ -64,7 +64,7 @@ class FinetuneAgent:
         set_seed(cfg.seed)
         self.device = cfg.device
         self.precision = check_precision(cfg.precision)
-        resume = resolve_resume(cfg.resume, os.path.dirname(cfg.logdir))
+        resume = resolve_resume(cfg.resume, cfg.logdir)
         self.logdir = resume[1] if resume else cfg.logdir
         self.n_envs = cfg.env.n_envs
         self.act_steps = cfg.act_steps

@@ -61,7 +61,7 @@ class PreTrainAgent:
         set_seed(cfg.seed)
         self.device = cfg.device
         self.precision = check_precision(cfg.precision)
-        resume = resolve_resume(cfg.resume, os.path.dirname(cfg.logdir))
+        resume = resolve_resume(cfg.resume, cfg.logdir)
         self.logdir = broadcast_from_main(resume[1] if resume else cfg.logdir, self.rank)
         with main_rank_first(self.rank):  # the dataset (re)writes its normalization.npz
             self.dataset = hydra.utils.instantiate(cfg.train_dataset)
