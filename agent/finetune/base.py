@@ -101,7 +101,8 @@ class FinetuneAgent:
         self.logger = MetricLogger(self.logdir, wandb_cfg=wandb_config(self.cfg),
                                    config=OmegaConf.to_container(self.cfg), resume=self.resume_path is not None,
                                    resume_step=self.itr)
-        print(f"{type(self).__name__} on {self.cfg.env_name} with {self.n_envs} envs; run dir {self.logdir}")
+        print(f"{type(self).__name__} on {self.cfg.env_name} with {self.n_envs} envs, {self.precision}; "
+              f"run dir {self.logdir}")
 
     # ---- what an algorithm writes ------------------------------------------------------------
     def update(self, rollout: Rollout) -> dict:

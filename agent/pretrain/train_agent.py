@@ -99,7 +99,8 @@ class PreTrainAgent:
         world = self.rank.world_size
         if self.rank.is_main:
             print(f"Pre-training {type(self.model).__name__} on {len(self.dataset)} windows, batch {train.batch_size}"
-                  f"{f' = {world} processes x {train.batch_size // world}' if world > 1 else ''}; run dir {self.logdir}")
+                  f"{f' = {world} processes x {train.batch_size // world}' if world > 1 else ''}, {self.precision}; "
+                  f"run dir {self.logdir}")
         start = time.time()
         for epoch in tqdm(range(self.epoch, train.n_epochs), desc="epochs", initial=self.epoch, total=train.n_epochs,
                           disable=not self.rank.is_main):
