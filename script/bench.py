@@ -69,10 +69,12 @@ from dppo.runtime import available_cores, set_threads, torch_threads  # noqa: E4
 
 CONFIG_NAME = "ft_ppo_diffusion_mlp"
 ALGORITHM_CONFIGS = {"dql": "ft_dql_diffusion_mlp", "idql": "ft_idql_diffusion_mlp", "awr": "ft_awr_diffusion_mlp"}
-FULL = {"sampling_envs": (10, 40, 160), "repeats": 20, "update_repeats": 5, "overrides": []}
+FULL = {"sampling_envs": (10, 40, 160), "repeats": 20, "update_repeats": 5, "overrides": [],
+        "probe_shape": (50000, 512), "probe_states": 40, "probe_batch": 512}
 TINY_NETWORKS = ["model.network.mlp_dims=[32,32,32]", "base_policy_path=null", "env.n_envs=2",
                  "env.asynchronous=false", "train.n_steps=3", "denoising_steps=6"]
 TINY = {
+    "probe_shape": (64, 32), "probe_states": 4, "probe_batch": 8,
     "sampling_envs": (2, 4),
     "repeats": 2,
     "update_repeats": 2,
@@ -246,6 +248,66 @@ def bench_update(agent, repeats: int, device: str) -> dict:
     return result
 
 
+def bench_probes(agent, mode: dict, device: str) -> dict:
+    """Side measurements behind the choices docs/PERFORMANCE.md explains (medians, ms):
+    - elementwise: `clamp_min` over a (rows, width) float32 tensor allocating its output, and writing into memory
+      already held (what the allocator decides: glibc maps and page-faults large blocks anew on every op);
+    - sampling_threads: one bf16 `explore` for `probe_states` states on 1 thread and on the job's threads;
+    - adamw: one AdamW step over the actor's parameters, torch's fused kernel and the per-parameter loop;
+    - bf16_log_probs: on one minibatch of the policy's own chains, |bf16 - fp32| log-probs (mean, max), and after
+      one fp32 AdamW step (lr 1e-4) on a PPO loss, the correlation and mean error of the change of the log-probs
+      measured in bf16 against the change measured in fp32 (what the PPO ratio sees)."""
+    repeats, model = mode["repeats"], agent.model
+    x = torch.randn(*mode["probe_shape"], device=device)
+    out = torch.empty_like(x)
+    probes = {"elementwise_ms": {
+        "allocating": median_seconds(lambda: x.clamp_min(0), repeats, device) * 1e3,
+        "into_held_memory": median_seconds(lambda: torch.clamp_min(x, 0, out=out), repeats, device) * 1e3}}
+    obs = random_obs(model, mode["probe_states"], device)
+    probes["sampling_threads_ms"] = {}
+    for threads in (1, torch.get_num_threads()):
+        with torch.no_grad(), autocast("bf16", device), torch_threads(threads):
+            probes["sampling_threads_ms"][str(threads)] = median_seconds(lambda: model.explore(obs), repeats, device) * 1e3
+    parameters = model.actor_parameters()
+    for parameter in parameters:
+        parameter.grad = torch.randn_like(parameter)
+    saved = [parameter.detach().clone() for parameter in parameters]
+    probes["adamw_step_ms"] = {}
+    for name, fused in (("fused", True), ("looped", False)):
+        optimizer = torch.optim.AdamW(parameters, lr=1e-12, fused=fused if device != "mps" else None, foreach=False)
+        probes["adamw_step_ms"][name] = median_seconds(optimizer.step, repeats, device) * 1e3
+    probes["bf16_log_probs"] = bf16_log_prob_accuracy(agent, mode["probe_batch"], device)
+    with torch.no_grad():
+        for parameter, value in zip(parameters, saved):
+            parameter.copy_(value)
+            parameter.grad = None
+    return probes
+
+
+def bf16_log_prob_accuracy(agent, batch: int, device: str) -> dict:
+    """`bench_probes`' bf16_log_probs; the policy's weights change (the caller restores them)."""
+    model = agent.model
+    obs, stored, returns, values, advantages, old = minibatch(model, batch, device)
+
+    def log_probs(precision):
+        with torch.no_grad(), autocast(precision, device):
+            return model.log_probs(obs, stored)
+
+    before = {precision: log_probs(precision) for precision in PRECISIONS}
+    optimizer = torch.optim.AdamW(model.actor_parameters(), lr=1e-4)
+    loss = ppo_module.ppo_loss(model, agent.critic, obs, stored, returns, values, advantages, old + 0.003,
+                               agent.settings)
+    optimizer.zero_grad()
+    loss.pg_loss.backward()
+    optimizer.step()
+    change = {precision: (log_probs(precision) - before[precision]).flatten() for precision in PRECISIONS}
+    difference = (before["bf16"] - before["fp32"]).abs()
+    return {"abs_difference_mean": difference.mean().item(), "abs_difference_max": difference.max().item(),
+            "change_correlation": torch.corrcoef(torch.stack([change["fp32"], change["bf16"]]))[0, 1].item(),
+            "change_error_mean": (change["bf16"] - change["fp32"]).abs().mean().item(),
+            "change_mean_abs": change["fp32"].abs().mean().item()}
+
+
 def bench_env(agent, n_steps: int, device: str) -> dict:
     """The vector env alone: n_steps random action chunks (uniform in the normalized action box)."""
     venv, model = agent.venv, agent.model
@@ -401,6 +463,7 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
                                               cfg.train.sampling_threads)
                     for precision in PRECISIONS}}
                 results["update"] = bench_update(agent, mode["update_repeats"], device)
+                results["probes"] = bench_probes(agent, mode, device)
                 results["env"] = bench_env(agent, cfg.train.n_steps, device)
                 results["iteration"] = {}
                 for precision in PRECISIONS:
@@ -472,6 +535,18 @@ def table(report: dict) -> str:
                                                               f"({figures['update_vs_roofline']:.0%} reached)"),
         ]
     rows.append(("update bf16 / fp32", f"{update['bf16_vs_fp32']:.2f}"))
+    probes = report["probes"]
+    rows += [
+        ("clamp_min allocating / into held memory", "{allocating:.1f} / {into_held_memory:.1f} ms".format(
+            **probes["elementwise_ms"])),
+        ("bf16 explore on 1 / the job's threads", " / ".join(f"{ms:.1f} ms" for ms in
+                                                           probes["sampling_threads_ms"].values())),
+        ("AdamW step fused / looped", "{fused:.2f} / {looped:.2f} ms".format(**probes["adamw_step_ms"])),
+        ("bf16 log-probs: |diff| mean / max", "{abs_difference_mean:.1e} / {abs_difference_max:.1e}".format(
+            **probes["bf16_log_probs"])),
+        ("  change after one step: corr, error / change", "{change_correlation:.3f}, {change_error_mean:.1e} / "
+                                                          "{change_mean_abs:.1e}".format(**probes["bf16_log_probs"])),
+    ]
     rows.append((f"env only, {env['chunk_steps']} chunk-steps",
                  f"{env['seconds']:.2f} s, {env['env_steps_per_s']:,.0f} env steps/s"))
     for precision in PRECISIONS:

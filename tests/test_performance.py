@@ -111,6 +111,12 @@ def test_bench_tiny_mode_reports_every_figure(tmp_path):
         assert figures["update_terms_per_s"] == pytest.approx(update["terms"] / figures["update_seconds"])
         assert 0 < figures["update_vs_roofline"]
     assert report["precision"] in ("fp32", "bf16")
+    probes = report["probes"]
+    assert min(probes["elementwise_ms"].values()) > 0 and min(probes["adamw_step_ms"].values()) > 0
+    assert set(probes["sampling_threads_ms"]) == {"1"}  # --threads 1: the job's threads are 1 too
+    accuracy = probes["bf16_log_probs"]
+    assert 0 < accuracy["abs_difference_mean"] <= accuracy["abs_difference_max"] < 0.1
+    assert 0.5 < accuracy["change_correlation"] <= 1 and accuracy["change_mean_abs"] > 0
     assert 2 * 3 <= report["env"]["env_steps"] <= 2 * 3 * 4  # envs x chunk-steps x (1 to act_steps) env steps
     rollout_phases = {"env_wait", "sampling", "reward_scaling", "rollout_bookkeeping"}
     update_phases = {"backward", "optimizer"}
