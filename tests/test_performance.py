@@ -355,3 +355,24 @@ def test_normalizing_histories_and_chunks_equals_normalizing_each_step():
     assert len(outputs[0]) == len(outputs[1])
     for a, b in zip(*outputs):
         np.testing.assert_array_equal(a, b)
+
+
+def test_rollout_and_evaluation_sample_on_the_sampling_threads(pretrained, tmp_path):
+    """collect_rollout and evaluate run the policy on train.sampling_threads torch threads and restore the job's
+    count afterwards (the update keeps all of them)."""
+    dataset_dir, _ = pretrained
+    agent = make_agent(dataset_dir, tmp_path, ["train.sampling_threads=1"])
+    seen = []
+    explore, act = agent.model.explore, agent.model.act
+    agent.model.explore = lambda cond: (seen.append(torch.get_num_threads()), explore(cond))[1]
+    agent.model.act = lambda cond: (seen.append(torch.get_num_threads()), act(cond))[1]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        agent.collect_rollout(agent.reset_envs())
+        agent.evaluate()
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+        agent.venv.close()

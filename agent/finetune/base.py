@@ -181,8 +181,7 @@ class FinetuneAgent:
             self.model.set_training_progress(self.itr / train.n_train_itr)
             if obs is None or train.reset_at_iteration:
                 obs = self.reset_envs()
-            with torch_threads(train.sampling_threads):
-                rollout, obs, rollout_metrics = self.collect_rollout(obs)
+            rollout, obs, rollout_metrics = self.collect_rollout(obs)
             rollout_time = timer.lap()
             if self.replay is not None:
                 self.replay.add_rollout(rollout)
@@ -226,33 +225,34 @@ class FinetuneAgent:
 
         The envs come in groups (`env.overlap_rollout`: two): the policy samples the next chunks of one group
         while the workers of the other step, so sampling and simulation overlap. With one group the two
-        alternate. Returns the rollout, the observation to continue from, and the rollout's metrics
-        (episodes that finished in it, env steps, simulator errors).
+        alternate. Torch runs on `train.sampling_threads` meanwhile. Returns the rollout, the observation to
+        continue from, and the rollout's metrics (episodes that finished in it, env steps, simulator errors).
         """
         groups = self.venv.groups
         steps = {key: [] for key in ("obs", "next_obs", "actions", "stored", "rewards", "terminated", "ends", "firsts",
                                      "cut")}
         episodes, env_steps, sim_errors, cut_before = [], 0, 0, self.tracker.n_cut
-        launched = [self.launch(g, index_samples(obs, group)) for g, group in enumerate(groups)]
-        for t in range(self.cfg.train.n_steps):
-            group_steps = []
-            for g in range(len(groups)):
-                group_steps.append((*launched[g], self.venv.step_wait(g)))
-                if t + 1 < self.cfg.train.n_steps:  # group g samples its next chunk while the other group steps
-                    launched[g] = self.launch(g, group_steps[g][-1].obs)
-            step_obs, actions, stored = (cat_samples([group_step[i] for group_step in group_steps]) for i in range(3))
-            result = concat_steps([group_step[3] for group_step in group_steps])
-            ends = result.terminated | result.truncated
-            for key, value in (("obs", step_obs), ("next_obs", result.final_obs), ("actions", actions),
-                               ("stored", stored), ("rewards", result.reward), ("terminated", result.terminated),
-                               ("ends", ends), ("firsts", self.next_firsts), ("cut", result.cut & ends)):
-                steps[key].append(value)
-            finished = self.tracker.update(result.reward, result.n_executed, ends, result.cut, result.success)
-            episodes += [stats for _, stats in finished]
-            env_steps += int(result.n_executed.sum())
-            sim_errors += int(result.sim_errors.sum())
-            self.next_firsts = ends
-            obs = result.obs
+        with torch_threads(self.cfg.train.sampling_threads):  # sampling: many small ops, 1 thread by default
+            launched = [self.launch(g, index_samples(obs, group)) for g, group in enumerate(groups)]
+            for t in range(self.cfg.train.n_steps):
+                group_steps = []
+                for g in range(len(groups)):
+                    group_steps.append((*launched[g], self.venv.step_wait(g)))
+                    if t + 1 < self.cfg.train.n_steps:  # group g samples its next chunk while the other group steps
+                        launched[g] = self.launch(g, group_steps[g][-1].obs)
+                step_obs, actions, stored = (cat_samples([group_step[i] for group_step in group_steps]) for i in range(3))
+                result = concat_steps([group_step[3] for group_step in group_steps])
+                ends = result.terminated | result.truncated
+                for key, value in (("obs", step_obs), ("next_obs", result.final_obs), ("actions", actions),
+                                   ("stored", stored), ("rewards", result.reward), ("terminated", result.terminated),
+                                   ("ends", ends), ("firsts", self.next_firsts), ("cut", result.cut & ends)):
+                    steps[key].append(value)
+                finished = self.tracker.update(result.reward, result.n_executed, ends, result.cut, result.success)
+                episodes += [stats for _, stats in finished]
+                env_steps += int(result.n_executed.sum())
+                sim_errors += int(result.sim_errors.sum())
+                self.next_firsts = ends
+                obs = result.obs
         steps = {key: stack_steps(values) for key, values in steps.items()}
         rollout = Rollout(obs=steps["obs"], next_obs=steps["next_obs"], actions=steps["actions"],
                           stored=steps["stored"], rewards=steps["rewards"],
@@ -290,8 +290,7 @@ class FinetuneAgent:
             return False
         self.model.eval()
         timer = Timer()
-        with torch_threads(self.cfg.train.sampling_threads):
-            metrics = self.evaluate()
+        metrics = self.evaluate()
         metrics["eval_time"] = timer.lap()
         self.wall_time += metrics["eval_time"]
         self.model.train()
@@ -302,13 +301,15 @@ class FinetuneAgent:
     def evaluate(self) -> dict:
         """Deterministic acting (`model.act`) for `train.n_eval_episodes` episodes (default: one per env,
         as the reference does); returns eval metrics (`success_rate` is that of deterministic acting, while
-        train/success_rate is that of the exploring policy). The envs are reset with evaluation seeds first.
+        train/success_rate is that of the exploring policy). The envs are reset with evaluation seeds first;
+        torch runs on `train.sampling_threads`.
         """
-        episodes = run_episodes(
-            self.venv, self.act,
-            n_episodes=self.cfg.train.n_eval_episodes or self.n_envs, act_steps=self.act_steps,
-            seed=self.cfg.seed + EVAL_SEED_OFFSET + self.itr * self.n_envs,
-        )
+        with torch_threads(self.cfg.train.sampling_threads):
+            episodes = run_episodes(
+                self.venv, self.act,
+                n_episodes=self.cfg.train.n_eval_episodes or self.n_envs, act_steps=self.act_steps,
+                seed=self.cfg.seed + EVAL_SEED_OFFSET + self.itr * self.n_envs,
+            )
         return summarize(episodes)
 
     # ---- checkpoints -------------------------------------------------------------------------
