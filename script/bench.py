@@ -59,11 +59,12 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from torch import nn  # noqa: E402
 
 from agent.finetune import base as base_module  # noqa: E402
-from agent.finetune import ppo as ppo_module  # noqa: E402
 from agent.finetune import dql as dql_module  # noqa: E402
 from agent.finetune import idql as idql_module  # noqa: E402
+from agent.finetune import ppo as ppo_module  # noqa: E402
 from dppo.allocator import loaded_allocator  # noqa: E402
 from dppo.config import register_resolvers, validate_config  # noqa: E402
+from dppo.optimizers import adamw  # noqa: E402
 from dppo.precision import PRECISIONS, autocast, native_bf16  # noqa: E402
 from dppo.runtime import available_cores, set_threads, torch_threads  # noqa: E402
 
@@ -272,10 +273,10 @@ def bench_probes(agent, mode: dict, device: str) -> dict:
     for parameter in parameters:
         parameter.grad = torch.randn_like(parameter)
     saved = [parameter.detach().clone() for parameter in parameters]
-    probes["adamw_step_ms"] = {}
-    for name, fused in (("fused", True), ("looped", False)):
-        optimizer = torch.optim.AdamW(parameters, lr=1e-12, fused=fused if device != "mps" else None, foreach=False)
-        probes["adamw_step_ms"][name] = median_seconds(optimizer.step, repeats, device) * 1e3
+    optimizers = {"fused": adamw(parameters, lr=1e-12, weight_decay=0.01, device=device),  # what the runs use
+                  "looped": torch.optim.AdamW(parameters, lr=1e-12, weight_decay=0.01, foreach=False)}
+    probes["adamw_step_ms"] = {name: median_seconds(optimizer.step, repeats, device) * 1e3
+                               for name, optimizer in optimizers.items()}
     probes["bf16_log_probs"] = bf16_log_prob_accuracy(agent, mode["probe_batch"], device)
     with torch.no_grad():
         for parameter, value in zip(parameters, saved):
@@ -352,8 +353,7 @@ def timed_iteration(agent, clock: PhaseClock, device: str) -> dict:
         wrap_update_phases(clock, agent)
         for owner, name, phase in ITERATION_PHASES[type(agent).__name__](agent):
             clock.wrap(owner, name, phase)
-        with torch_threads(agent.cfg.train.sampling_threads):  # as FinetuneAgent.run
-            rollout, _, rollout_metrics = agent.collect_rollout(obs)
+        rollout, _, rollout_metrics = agent.collect_rollout(obs)
         synchronize(device)
         rollout_seconds = time.perf_counter() - start
         if agent.replay is not None:

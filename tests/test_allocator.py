@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dppo.allocator import ALLOCATOR_VARIABLE, loaded_allocator
+from dppo.allocator import ALLOCATOR_VARIABLE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY = """
@@ -45,7 +45,3 @@ def test_system_allocator_when_asked(tmp_path):
     lines = run_entry(tmp_path, {ALLOCATOR_VARIABLE: "system"})
     assert len([line for line in lines if line.startswith("start")]) == 1
     assert any(line.startswith("allocator system") for line in lines)
-
-
-def test_the_test_process_reports_its_allocator():
-    assert loaded_allocator() in ("tcmalloc", "system")

@@ -3,10 +3,10 @@ ratio of a fresh minibatch under bf16."""
 
 import pytest
 import torch
+from conftest import compose_config, finetune_overrides
 
 import dppo.precision as precision
 from agent.finetune.ppo import PPOAgent
-from conftest import compose_config, finetune_overrides
 from dppo.config import ConfigError, validate_config
 from model.common.mlp import MLP, ResidualMLP
 from model.rl.ppo import normalize_advantages, ppo_loss

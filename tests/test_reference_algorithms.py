@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from reference_weights import build_network, load_critic_obs, load_double_critic_obs_act, sub_state
+from reference_weights import build_network, load_critic_obs, sub_state
 from reference_weights_reinflow import noise_mlp_state_dict, velocity_state_dict
 
 from agent.finetune.returns import compute_gae, episode_returns_to_go, segment_ends
@@ -76,7 +76,8 @@ def drwr_returns():
     firsts = rollout["firsts"][:-1].bool()
     returns, complete = episode_returns_to_go(rollout["rewards"], ends, firsts, torch.zeros_like(ends),
                                               drwr["train_config"]["gamma"])
-    kept = [(step, env) for env, start, end in drwr["outputs"]["episodes"].tolist() for step in range(start, end + 1)]  # end inclusive
+    kept = [(step, env) for env, start, end in drwr["outputs"]["episodes"].tolist()
+            for step in range(start, end + 1)]  # end inclusive
     return returns, complete, kept
 
 

@@ -10,13 +10,12 @@ import sys
 import time
 
 import hydra
-
-import agent.finetune.ppo as ppo_module
 import pytest
 import torch
 from conftest import compose_config, finetune_overrides, run_config
 from toy import pretrain_toy_policy, toy_overrides
 
+import agent.finetune.ppo as ppo_module
 from dppo.checkpoint import last_checkpoint_path, load_checkpoint
 from dppo.divergence import NonFiniteError
 from dppo.logging import MetricLogger

@@ -15,8 +15,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from agent.eval.rollout import run_episodes
-from agent.finetune.episodes import summarize
 from agent.finetune.base import CHECKPOINT_FORMAT
+from agent.finetune.episodes import summarize
 from dppo.checkpoint import load_checkpoint, load_state_dict_checked
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config

@@ -7,8 +7,9 @@ denoising steps (what `explore` stored: the chain), so one sample gives K'
 PPO terms. The loss is model/rl/ppo.py's, written against the policy surface. The old
 log-probabilities are those `explore` kept (stored["log_probs"]), else recomputed after the
 rollout (always under `precision=bf16`, whose forward passes run under bf16 autocast: old and new
-log-probabilities then come from the same computation). With `train.augment_pad` (pixel tasks) the rollout's images are randomly shifted once
-before the update, as the reference does, so old and new log-probabilities see the same images.
+log-probabilities then come from the same computation). With `train.augment_pad` (pixel tasks) the
+rollout's images are randomly shifted once before the update, as the reference does, so old and new
+log-probabilities see the same images.
 Cut steps (worker restarts, simulator failures) are no samples and no bootstrap.
 """
 
@@ -27,6 +28,7 @@ METRIC_KEYS = ("loss", "pg_loss", "value_loss", "bc_loss", "entropy_loss", "appr
 
 class PPOAgent(FinetuneAgent):
     reads_stored = True  # the chains (or chunks) and their log-probabilities
+
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
         train = cfg.train
