@@ -19,8 +19,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 JOB_FILE = "job.json"
-SUMMARY_COLUMNS = ("job", "task", "config", "seed", "final eval return", "best eval return", "final success rate",
-                   "final loss", "env steps", "wall time (min)", "run dir")
+SUMMARY_COLUMNS = ("job", "task", "config", "seed", "initial eval return", "final eval return", "best eval return",
+                   "final success rate", "final loss", "env steps", "wall time (min)", "run dir")
 SECONDS_PER_MINUTE = 60.0
 
 
@@ -93,6 +93,16 @@ def saved_config(run_dir: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path)) if os.path.isfile(path) else {}
 
 
+def config_value(run_dir: str, key: str):
+    """The value of a dotted key (`env_name`, `train.n_envs`) in a run's config.yaml."""
+    value = saved_config(run_dir)
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise SystemExit(f"{run_dir}/config.yaml has no `{key}`: pass a key of the runs' resolved config.")
+        value = value[part]
+    return value
+
+
 def last(rows: list[dict], key: str) -> float | None:
     values = [row[key] for row in rows if key in row]
     return values[-1] if values else None
@@ -105,13 +115,14 @@ def success_key(rows: list[dict]) -> str | None:
 
 
 def run_summary(rows: list[dict]) -> dict:
-    """Final and best eval return, final success rate and loss, env steps, wall time (min) and mean rollout
+    """Initial (the first evaluation: the pre-trained policy), final and best eval return, final success rate and loss, env steps, wall time (min) and mean rollout
     env steps/s of one run; None where the run never logged the metric (e.g. env steps in pre-training)."""
     evals = [row["eval/episode_return"] for row in rows if "eval/episode_return" in row]
     speeds = [row["train/env_steps_per_s"] for row in rows if "train/env_steps_per_s" in row]
     wall_time = last(rows, "train/wall_time")
     success = success_key(rows)
     return {
+        "initial eval return": evals[0] if evals else None,
         "final eval return": evals[-1] if evals else None,
         "best eval return": max(evals) if evals else None,
         "final success rate": last(rows, success) if success else None,

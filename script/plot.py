@@ -3,17 +3,22 @@
     python script/plot.py log/multirun/<date>_<time>                       # a sweep dir: all its jobs' runs
     python script/plot.py RUN_A_SEED0 RUN_A_SEED1 RUN_B_SEED0 --out curves.png
     python script/plot.py SWEEP_A SWEEP_B --keys eval/episode_return train/pg_loss --x step
+    python script/plot.py RUNS... --facet env_name --label-by algorithm_name policy_name --keys eval/episode_return --x env_steps
 
 Runs are grouped by label, one line each: the run's name (`name` in its config.yaml: task, algorithm,
 sizes) followed, for the jobs of a sweep, by the overrides that differ between its jobs other than
-seed; or --labels, one per run. A line is the mean over the group's runs at the iterations they all
-logged; the shaded band is their min-max range; the legend gives the number of runs (n).
+seed; or --labels, one per run; or --label-by, the values of those config.yaml keys. A line is the
+mean over the group's runs at the iterations they all logged; the shaded band is their min-max range;
+the legend gives the number of runs (n).
 
 Default panels: the evaluation return (the success rate instead, when the runs log one) against each
 x-axis, then train/loss, train/pg_loss and train/value_loss against the first x-axis; keys no run
 logged are left out. X-axes: environment steps (`env_steps`) and wall time in minutes (`wall_time`)
 reached after that row's iteration, read from the training rows (0 before the first iteration), or
 the iteration (`step`); an x-axis no run logs (env steps in pre-training) becomes the iteration.
+
+--facet KEY draws those panels once per value of KEY in the runs' config.yaml (e.g. `env_name`: one
+panel per task, as the paper's figures), a label keeping its colour in every facet.
 """
 
 import argparse
@@ -25,7 +30,7 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dppo.sweep import is_sweep_dir, job_labels, read_metrics, saved_config, success_key, sweep_jobs  # noqa: E402
+from dppo.sweep import config_value, is_sweep_dir, job_labels, read_metrics, saved_config, success_key, sweep_jobs  # noqa: E402
 
 RETURN_KEY = "eval/episode_return"
 LOSS_KEYS = ["train/loss", "train/pg_loss", "train/value_loss"]
@@ -92,30 +97,37 @@ def x_axes(all_rows: list[list[dict]], x: list[str]) -> list[str]:
     return list(dict.fromkeys(logged))
 
 
-def plot_runs(runs: list[str], labels: list[str], keys: list[str] | None = None, x: str | list[str] = DEFAULT_X) -> Figure:
+def plot_runs(runs: list[str], labels: list[str], keys: list[str] | None = None, x: str | list[str] = DEFAULT_X,
+              facets: list[str] | None = None) -> Figure:
     """One panel per (key, x-axis) with data, losses after the other keys and against the first x-axis only;
-    one line per label: the mean of its runs, their min-max range shaded."""
-    groups: dict[str, list[list[dict]]] = {}
-    for run, label in zip(runs, labels):
-        groups.setdefault(label, []).append(read_metrics(run))
-    all_rows = [rows for runs_rows in groups.values() for rows in runs_rows]
+    one line per label: the mean of its runs, their min-max range shaded. With `facets` (one value per run),
+    those panels are drawn once per facet value, each from that value's runs only."""
+    facets = facets if facets is not None else [""] * len(runs)
+    by_facet: dict[str, dict[str, list[list[dict]]]] = {}
+    for run, label, facet in zip(runs, labels, facets):
+        by_facet.setdefault(facet, {}).setdefault(label, []).append(read_metrics(run))
+    all_rows = [rows for groups in by_facet.values() for runs_rows in groups.values() for rows in runs_rows]
     keys = keys or default_keys(all_rows)
     axes_x = x_axes(all_rows, [x] if isinstance(x, str) else list(x))
     curves = [key for key in keys if "loss" not in key]
     panels = [(axis, key) for key in curves for axis in axes_x] + [(axes_x[0], key) for key in keys if key not in curves]
     panels = [(axis, key) for axis, key in panels if any(key in row for rows in all_rows for row in rows)]
-    n_cols = max(1, min(len(panels), 3))
+    panels = [(facet, axis, key) for facet in by_facet for axis, key in panels]
+    per_facet = len(panels) // len(by_facet)
+    n_cols = max(1, min(len(panels), 3) if per_facet == 1 or len(by_facet) == 1 else per_facet)
     n_rows = max(1, (len(panels) + n_cols - 1) // n_cols)
     figure = Figure(figsize=(4.5 * n_cols, 3.2 * n_rows + 0.4))
     axes = figure.subplots(n_rows, n_cols, squeeze=False).ravel()
-    for ax, (axis, key) in zip(axes, panels):
-        for label, runs_rows in groups.items():
+    colours = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(labels))}
+    for ax, (facet, axis, key) in zip(axes, panels):
+        for label, runs_rows in by_facet[facet].items():
             xs, mean, low, high = group_curve(runs_rows, key, axis)
             if len(xs):
-                line, = ax.plot(xs, mean, marker="." if len(xs) < 30 else None, label=f"{label} (n={len(runs_rows)})")
+                ax.plot(xs, mean, color=colours[label], marker="." if len(xs) < 30 else None,
+                        label=f"{label} (n={len(runs_rows)})")
                 if len(runs_rows) > 1:
-                    ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
-        ax.set_title(key)
+                    ax.fill_between(xs, low, high, color=colours[label], alpha=0.2)
+        ax.set_title(f"{facet}: {key}" if facet else key)
         ax.set_xlabel(X_LABELS[axis])
         ax.legend(fontsize=7)
     for ax in axes[len(panels):]:
@@ -132,6 +144,10 @@ def main() -> None:
     parser.add_argument("--x", nargs="+", choices=list(X_LABELS), default=DEFAULT_X)
     parser.add_argument("--labels", nargs="+", default=None,
                         help="label per run, after sweep dirs are expanded; runs sharing a label are averaged")
+    parser.add_argument("--label-by", nargs="+", default=None, metavar="KEY",
+                        help="label each run by these keys of its config.yaml (e.g. algorithm_name policy_name)")
+    parser.add_argument("--facet", default=None, metavar="KEY",
+                        help="one set of panels per value of this config.yaml key (e.g. env_name)")
     parser.add_argument("--out", default=None, help="PNG path (default: curves.png in the sweep dir if one is given, "
                                                     "else in the current directory)")
     args = parser.parse_args()
@@ -142,7 +158,10 @@ def main() -> None:
                 raise SystemExit(f"--labels needs one label per run ({len(runs)} after expanding sweeps), "
                                  f"got {len(args.labels)}.")
             labels = args.labels
-        figure = plot_runs(runs, labels, args.keys, args.x)
+        if args.label_by is not None:
+            labels = [" ".join(str(config_value(run, key)) for key in args.label_by) for run in runs]
+        facets = [str(config_value(run, args.facet)) for run in runs] if args.facet else None
+        figure = plot_runs(runs, labels, args.keys, args.x, facets)
     except FileNotFoundError as error:
         raise SystemExit(str(error))
     single_sweep = len(args.paths) == 1 and is_sweep_dir(args.paths[0])

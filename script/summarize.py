@@ -7,30 +7,62 @@ A sweep's table is the one its SweepSummary callback writes when the sweep ends 
 task, config, seed, final and best eval return, final success rate and loss when logged, env steps,
 wall time and run dir of every job; run it again after a failed job stopped the sweep early.
 
-Run dirs sharing a label are one row: each figure is the mean over its runs, with the individual runs'
-values in parentheses. `final` is the last `eval/episode_return`, `best` the highest one; env
-steps and wall time are those of the last training row; env steps/s is the mean over iterations
-of the rollout phase's `train/env_steps_per_s`.
+    python script/summarize.py RUN [RUN ...] --label-by env_name algorithm_name policy_name --evals-csv evals.csv
+
+Run dirs sharing a label (--labels, one per run, or --label-by, keys of the runs' config.yaml) are one
+row: each figure is the mean over its runs, +- their standard deviation (ddof 1) when there are
+several, with the individual runs' values in parentheses. `final` is the last
+`eval/episode_return`, `best` the highest one, `initial` the first (the pre-trained policy); env steps and wall time are those of the last
+training row; env steps/s is the mean over iterations of the rollout phase's `train/env_steps_per_s`.
+When every run's task file (cfg/task/<env_name>.yaml) gives D4RL's reference returns
+(`demo.random_return`, `demo.reference_return`), the final eval return is also given as D4RL's
+normalized score, 100 (R - random) / (reference - random). --evals-csv writes every evaluation of
+every run (label, run, seed, iteration, env steps, wall time, return and its std over episodes).
 """
 
 import argparse
+import csv
 import os
 import sys
 
 import numpy as np
+from omegaconf import OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dppo.sweep import is_sweep_dir, read_metrics, run_summary, write_summary  # noqa: E402
+from dppo.sweep import config_value, is_sweep_dir, read_metrics, run_summary, saved_config, write_summary  # noqa: E402
 
-COLUMNS = ("final eval return", "best eval return", "env steps", "wall time (min)", "rollout env steps/s")
+COLUMNS = ("initial eval return", "final eval return", "best eval return", "env steps", "wall time (min)", "rollout env steps/s")
+SCORE_COLUMN = "final D4RL score"
+TASK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfg", "task")
+EVAL_COLUMNS = ("label", "run", "seed", "iteration", "env steps", "wall time (min)", "eval return", "eval return std",
+                "episodes")
 
 
 def format_cell(values: list[float]) -> str:
+    """`mean`, or `mean +- std (v1, v2, ...)` over several runs (sample std, ddof 1)."""
     mean = float(np.mean(values))
     if len(values) == 1:
         return f"{mean:,.1f}"
-    return f"{mean:,.1f} ({', '.join(f'{v:,.1f}' for v in values)})"
+    std = float(np.std(values, ddof=1))
+    return f"{mean:,.1f} ± {std:,.1f} ({', '.join(f'{v:,.1f}' for v in values)})"
+
+
+def d4rl_references(run: str) -> tuple[float, float] | None:
+    """(random, reference) returns of D4RL for the run's task, from its task file; None if it gives none."""
+    path = os.path.join(TASK_DIR, f"{saved_config(run).get('env_name')}.yaml")
+    if not os.path.isfile(path):
+        return None
+    demo = OmegaConf.to_container(OmegaConf.load(path)).get("demo", {})
+    if "random_return" not in demo or "reference_return" not in demo:
+        return None
+    return float(demo["random_return"]), float(demo["reference_return"])
+
+
+def d4rl_score(episode_return: float, references: tuple[float, float]) -> float:
+    """D4RL's normalized score: 0 for the random policy, 100 for the expert."""
+    random_return, reference_return = references
+    return 100.0 * (episode_return - random_return) / (reference_return - random_return)
 
 
 def finetuning_summary(run: str) -> dict:
@@ -42,22 +74,51 @@ def finetuning_summary(run: str) -> dict:
 
 
 def summary_table(runs: list[str], labels: list[str]) -> str:
-    """Markdown table, one row per label."""
+    """Markdown table, one row per label; a D4RL score column when every run's task has references."""
+    references = [d4rl_references(run) for run in runs]
+    columns = list(COLUMNS)
+    if all(references):
+        columns.insert(2, SCORE_COLUMN)
     groups: dict[str, list[dict]] = {}
-    for run, label in zip(runs, labels):
-        groups.setdefault(label, []).append(finetuning_summary(run))
-    lines = ["| run | seeds | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
+    for run, label, reference in zip(runs, labels, references):
+        summary = finetuning_summary(run)
+        if reference:
+            summary[SCORE_COLUMN] = d4rl_score(summary["final eval return"], reference)
+        groups.setdefault(label, []).append(summary)
+    lines = ["| run | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for label, summaries in groups.items():
-        cells = [format_cell([s[column] for s in summaries]) for column in COLUMNS]
+        cells = [format_cell([s[column] for s in summaries]) for column in columns]
         lines.append(f"| {label} | {len(summaries)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_evals_csv(runs: list[str], labels: list[str], path: str) -> None:
+    """Every evaluation of every run, with the env steps and wall time reached before it, as a CSV."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(EVAL_COLUMNS)
+        for run, label in zip(runs, labels):
+            rows = read_metrics(run)
+            reached = {0: (0.0, 0.0)}
+            reached.update({row["step"]: (row["train/env_steps"], row["train/wall_time"] / 60.0)
+                            for row in rows if "train/env_steps" in row})
+            seed = saved_config(run).get("seed")
+            for row in rows:
+                if "eval/episode_return" in row:
+                    env_steps, wall_minutes = reached.get(row["step"], (None, None))
+                    writer.writerow([label, os.path.normpath(run), seed, row["step"], env_steps, wall_minutes,
+                                     row["eval/episode_return"], row.get("eval/episode_return_std"),
+                                     row.get("eval/n_episodes")])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="one sweep directory, or run directories holding metrics.jsonl")
     parser.add_argument("--labels", nargs="+", default=None, help="row label per run; runs with one label are averaged")
+    parser.add_argument("--label-by", nargs="+", default=None, metavar="KEY",
+                        help="label each run by these keys of its config.yaml (e.g. env_name algorithm_name)")
     parser.add_argument("--out", default=None, help="also write the table of run dirs to this file")
+    parser.add_argument("--evals-csv", default=None, help="also write every evaluation of the runs to this CSV")
     args = parser.parse_args()
     if len(args.runs) == 1 and is_sweep_dir(args.runs[0]):
         csv_path, md_path = write_summary(args.runs[0])
@@ -66,10 +127,14 @@ def main() -> None:
         print(f"wrote {md_path} and {csv_path}")
         return
     labels = args.labels or [os.path.basename(os.path.normpath(run)) for run in args.runs]
+    if args.label_by is not None:
+        labels = [" ".join(str(config_value(run, key)) for key in args.label_by) for run in args.runs]
     if len(labels) != len(args.runs):
         raise SystemExit(f"--labels needs one label per run ({len(args.runs)}), got {len(labels)}.")
     try:
         table = summary_table(args.runs, labels)
+        if args.evals_csv:
+            write_evals_csv(args.runs, labels, args.evals_csv)
     except FileNotFoundError as error:
         raise SystemExit(str(error))
     print(table, end="")

@@ -1,5 +1,6 @@
 """script/plot.py draws the seed-aggregated curves of runs and sweeps; script/summarize.py tabulates them."""
 
+import csv
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "script"))
 
 from plot import env_steps_by_step, expand_runs, plot_runs  # noqa: E402
-from summarize import summary_table  # noqa: E402
+from summarize import summary_table, write_evals_csv  # noqa: E402
 
 
 def write_run(run_dir, rows, name=None, env_name="hopper", seed=0):
@@ -100,8 +101,60 @@ def test_summary_table_averages_runs_sharing_a_label(tmp_path):
     write_run(tmp_path / "a0", rows(final=10.0, best=30.0, env_steps=1000.0, wall=120.0, speeds=[100.0, 300.0]))
     write_run(tmp_path / "a1", rows(final=20.0, best=10.0, env_steps=3000.0, wall=240.0, speeds=[400.0, 400.0]))
     table = summary_table([str(tmp_path / "a0"), str(tmp_path / "a1")], ["A", "A"])
-    assert table.splitlines()[2] == ("| A | 2 | 15.0 (10.0, 20.0) | 25.0 (30.0, 20.0) | 2,000.0 (1,000.0, 3,000.0) "
-                                     "| 3.0 (2.0, 4.0) | 300.0 (200.0, 400.0) |")
+    assert table.splitlines()[0].startswith("| run | seeds | initial eval return | final eval return | best")
+    assert "D4RL" not in table, "runs without a task file with D4RL references get no score column"
+    assert table.splitlines()[2] == ("| A | 2 | 20.0 ± 14.1 (30.0, 10.0) | 15.0 ± 7.1 (10.0, 20.0) | 25.0 ± 7.1 (30.0, 20.0) "
+                                     "| 2,000.0 ± 1,414.2 (1,000.0, 3,000.0) | 3.0 ± 1.4 (2.0, 4.0) "
+                                     "| 300.0 ± 141.4 (200.0, 400.0) |")
+
+
+def test_summary_gives_the_d4rl_score_from_the_task_files_references(tmp_path):
+    # cfg/task/hopper.yaml: D4RL's random return -20.272305, expert reference 3234.3
+    for seed, final in [(0, 3234.3), (1, -20.272305)]:
+        rows = [{"step": 0, "eval/episode_return": 1000.0},
+                {"step": 1, "train/env_steps": 10.0, "train/wall_time": 60.0, "train/env_steps_per_s": 1.0},
+                {"step": 1, "eval/episode_return": final}]
+        write_run(tmp_path / f"s{seed}", rows, name="hopper_ft", env_name="hopper", seed=seed)
+    table = summary_table([str(tmp_path / "s0"), str(tmp_path / "s1")], ["hopper"] * 2)
+    header, _, row = table.splitlines()
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    assert cells["final D4RL score"] == "50.0 ± 70.7 (100.0, 0.0)"
+
+
+def test_evals_csv_lists_every_evaluation_with_the_env_steps_and_minutes_reached(tmp_path):
+    write_run(tmp_path / "run", seed_rows(2.0), name="hopper_ft", seed=7)
+    write_evals_csv([str(tmp_path / "run")], ["A"], str(tmp_path / "evals.csv"))
+    with open(tmp_path / "evals.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["label"], r["seed"], r["iteration"], r["env steps"], r["wall time (min)"], r["eval return"])
+            for r in rows] == [("A", "7", "0", "0.0", "0.0", "20.0"), ("A", "7", "2", "800.0", "4.0", "60.0")]
+
+
+def test_facets_draw_each_tasks_runs_in_its_own_panel_with_one_colour_per_label(tmp_path):
+    runs, labels, facets = [], [], []
+    for task, algorithm, scale in [("hopper", "DPPO", 1.0), ("hopper", "Gaussian", 2.0), ("walker2d", "DPPO", 3.0),
+                                   ("walker2d", "Gaussian", 4.0)]:
+        run_dir = tmp_path / f"{task}_{algorithm}"
+        write_run(run_dir, seed_rows(scale), name=f"{task}_{algorithm}", env_name=task)
+        runs.append(str(run_dir))
+        labels.append(algorithm)
+        facets.append(task)
+    figure = plot_runs(runs, labels, ["eval/episode_return"], x="env_steps", facets=facets)
+    axes = [ax for ax in figure.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["hopper: eval/episode_return", "walker2d: eval/episode_return"]
+    drawn = [{line.get_label(): (list(line.get_ydata()), line.get_color()) for line in ax.get_lines()} for ax in axes]
+    assert {label: ys for label, (ys, _) in drawn[0].items()} == {"DPPO (n=1)": [10.0, 30.0], "Gaussian (n=1)": [20.0, 60.0]}
+    assert {label: ys for label, (ys, _) in drawn[1].items()} == {"DPPO (n=1)": [30.0, 90.0], "Gaussian (n=1)": [40.0, 120.0]}
+    assert drawn[0]["DPPO (n=1)"][1] == drawn[1]["DPPO (n=1)"][1] != drawn[0]["Gaussian (n=1)"][1]
+
+    out = tmp_path / "facets.png"
+    subprocess.run([sys.executable, "script/plot.py", *runs, "--facet", "env_name", "--label-by", "name",
+                    "--keys", "eval/episode_return", "--out", str(out)], cwd=REPO, check=True, capture_output=True,
+                   timeout=120)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = subprocess.run([sys.executable, "script/plot.py", *runs, "--facet", "train.n_envs"], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "has no `train.n_envs`" in missing.stderr
 
 
 def test_two_seeds_of_one_config_give_one_mean_line_per_panel(tmp_path):

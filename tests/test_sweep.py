@@ -65,7 +65,7 @@ def test_choice_of_tasks_gives_a_run_dir_per_job_and_a_summary(tmp_path):
         assert row["final eval return"] == "" and row["env steps"] == "", "pre-training logs neither"
     with open(os.path.join(sweep_dir, "summary.md")) as f:
         table = f.read().splitlines()
-    assert table[0].startswith("| job | task | config | seed | final eval return |") and len(table) == 4
+    assert table[0].startswith("| job | task | config | seed | initial eval return | final eval return |") and len(table) == 4
     assert f"Sweep summary: {sweep_dir}/summary.md" in result.stdout
 
 
@@ -151,11 +151,12 @@ def test_summary_of_finetuning_jobs_has_returns_success_and_env_steps(tmp_path):
                        "run_dir": str(run_dir), "threads": None}, f)
     write_summary(str(sweep_dir))
     first, second = summary_rows(sweep_dir)
-    assert (first["final eval return"], first["best eval return"], first["final success rate"]) == ("30.0", "40.0", "1.0")
+    assert (first["initial eval return"], first["final eval return"], first["best eval return"],
+            first["final success rate"]) == ("10.0", "30.0", "40.0", "1.0")
     assert (first["env steps"], first["wall time (min)"]) == ("8000.0", "1.5")
     assert (second["final eval return"], second["best eval return"], second["final success rate"]) == ("6.0", "6.0", "")
     with open(sweep_dir / "summary.md") as f:
-        assert f.read().splitlines()[2].startswith("| 0 | can | ft_ppo_diffusion_mlp | 0 | 30 | 40 | 1 |  | 8,000 | 1.5 |")
+        assert f.read().splitlines()[2].startswith("| 0 | can | ft_ppo_diffusion_mlp | 0 | 10 | 30 | 40 | 1 |  | 8,000 | 1.5 |")
 
 
 def test_wandb_groups_seeds_of_one_config_and_names_runs_by_seed():
