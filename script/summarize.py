@@ -12,8 +12,9 @@ wall time and run dir of every job; run it again after a failed job stopped the 
 Run dirs sharing a label (--labels, one per run, or --label-by, keys of the runs' config.yaml) are one
 row: each figure is the mean over its runs, +- their standard deviation (ddof 1) when there are
 several, with the individual runs' values in parentheses. `final` is the last
-`eval/episode_return`, `best` the highest one, `initial` the first (the pre-trained policy); env steps and wall time are those of the last
-training row; env steps/s is the mean over iterations of the rollout phase's `train/env_steps_per_s`.
+`eval/episode_return`, `best` the highest one, `initial` the first (the pre-trained policy); env
+steps and wall time are those of the last training row; env steps/s is the mean over iterations of
+the rollout phase's `train/env_steps_per_s`.
 When every run's task file (cfg/task/<env_name>.yaml) gives D4RL's reference returns
 (`demo.random_return`, `demo.reference_return`), the final eval return is also given as D4RL's
 normalized score, 100 (R - random) / (reference - random). --evals-csv writes every evaluation of
