@@ -116,7 +116,8 @@ def success_key(rows: list[dict]) -> str | None:
 
 def run_summary(rows: list[dict]) -> dict:
     """Initial (the first evaluation: the pre-trained policy), final and best eval return, final success
-    rate and loss, env steps, wall time (min) and mean rollout env steps/s of one run; None where the run never logged the metric (e.g. env steps in pre-training)."""
+    rate and loss, env steps, wall time (min) and mean rollout env steps/s of one run; None where the run
+    never logged the metric (e.g. env steps in pre-training)."""
     evals = [row["eval/episode_return"] for row in rows if "eval/episode_return" in row]
     speeds = [row["train/env_steps_per_s"] for row in rows if "train/env_steps_per_s" in row]
     wall_time = last(rows, "train/wall_time")
