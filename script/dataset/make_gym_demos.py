@@ -148,6 +148,12 @@ def warn_if_made_with_other_versions(out_dir: str, versions: dict) -> None:
 EXPERT_ALGOS = ("PPO", "SAC", "TD3")
 
 
+def expert_reached(recent: float, target: float, min_frac: float) -> bool:
+    """Whether a recent training return is within (1 - min_frac) |target| below the target: 0.8 x target for
+    a positive target, 12 for a target of -10 at min_frac 0.8 (returns of any sign)."""
+    return recent >= target - (1.0 - min_frac) * abs(target)
+
+
 def parse_hyperparameters(text: str) -> dict:
     """--expert-hparams JSON -> keyword arguments of the SB3 algorithm."""
     try:
@@ -171,7 +177,9 @@ def main():
     parser.add_argument("--expert-envs", type=int, default=1, help="parallel envs the expert trains in")
     parser.add_argument("--max-expert-steps", type=int, default=600_000)
     parser.add_argument("--min-frac", type=float, default=0.8,
-                        help="write nothing when the expert ends below this fraction of the task's target return")
+                        help="write nothing when the expert ends more than (1 - this) x |target| below the target return")
+    parser.add_argument("--target-return", type=float, default=None,
+                        help="the expert's target return (default: the task's demo.target_return)")
     parser.add_argument("--n-transitions", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=None, help="default: the task's dataset_dir")
@@ -186,7 +194,7 @@ def main():
                  "(robosuite: script/dataset/make_robosuite_demos.py).")
     env_id = task_cfg.env.id
     demo_cfg = task_cfg.get("demo") or {}
-    target = demo_cfg.get("target_return")
+    target = args.target_return if args.target_return is not None else demo_cfg.get("target_return")
     torch.set_num_threads(1)
     out_dir = args.out_dir or task_cfg.dataset_dir
     versions = package_versions(EXPERT_PACKAGES)
@@ -196,10 +204,10 @@ def main():
     model, venv, steps, recent = train_expert(env_id, args.algo, args.expert_hparams, target, args.max_expert_steps,
                                               args.seed, args.expert_envs)
     train_minutes = (time.time() - start) / 60
-    if target is not None and not recent >= args.min_frac * target:
-        sys.exit(f"\n*** EXPERT TOO WEAK: its recent training return {recent:.1f} is below {args.min_frac:.0%} of the "
-                 f"target {target:.1f} after {steps} env steps; nothing was written. Raise --max-expert-steps, tune "
-                 "--expert-hparams or choose another --algo. ***")
+    if target is not None and not expert_reached(recent, target, args.min_frac):
+        sys.exit(f"\n*** EXPERT TOO WEAK: its recent training return {recent:.1f} is more than "
+                 f"{1 - args.min_frac:.0%} of |target| below the target {target:.1f} after {steps} env steps; nothing "
+                 "was written. Raise --max-expert-steps, tune --expert-hparams or choose another --algo. ***")
     expert_dir = os.path.join(out_dir, "expert")
     os.makedirs(expert_dir, exist_ok=True)
     model.save(os.path.join(expert_dir, f"{args.algo.lower()}_policy.zip"))

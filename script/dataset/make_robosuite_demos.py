@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None):
                         help="cameras to record, e.g. agentview_image robot0_eye_in_hand_image")
     parser.add_argument("--image-size", type=positive_int, default=96, help="image height and width")
     parser.add_argument("--cpu-render", action="store_true",
-                        help="no multisampling or shadows: ~2x faster software rendering, images differ from robomimic's")
+                        help="no multisampling or shadows: ~1.8x faster software rendering, images differ from robomimic's")
     parser.add_argument("--max-episode-steps", type=positive_int, default=None,
                         help="time limit of an episode (default: the task's horizon, see env/robosuite_env.py)")
     parser.add_argument("--keep-failures", action="store_true", help="also write the episodes that failed")
