@@ -11,3 +11,6 @@ if command -v apt-get > /dev/null && [ "$(id -u)" = 0 ]; then
 fi
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[all]"
+# Meta-World without its mujoco==3.3.0 pin: one mujoco (3.8.0) for every task family; its other dependencies are
+# the `metaworld` extra above.
+python -m pip install -q --no-deps "metaworld==3.1.1"

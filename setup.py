@@ -4,6 +4,9 @@ from setuptools import find_packages, setup
 
 GYM = ["gymnasium==1.4.*", "mujoco==3.8.0", "imageio-ffmpeg>=0.5"]
 ROBOMIMIC = ["robosuite==1.5.2", "mujoco==3.8.0", "h5py>=3.8"]
+# Meta-World: metaworld 3.1.1 itself is installed by install.sh with --no-deps (it pins mujoco==3.3.0; it runs on
+# the mujoco 3.8.0 the other families need, tests/test_metaworld_env.py); these are its other dependencies.
+METAWORLD = ["gymnasium==1.4.*", "mujoco==3.8.0", "scipy>=1.4.1", "imageio>=2.30"]
 DATA = ["stable-baselines3>=2.3", "h5py>=3.8"]
 DEV = ["pytest>=8", "h5py>=3.8"]
 SWEEP = ["hydra-joblib-launcher==1.2.*", "hydra-submitit-launcher==1.2.*"]  # hydra/launcher=joblib | submitit_local | slurm
@@ -28,9 +31,10 @@ setup(
     extras_require={
         "gym": GYM,
         "robomimic": ROBOMIMIC,
+        "metaworld": METAWORLD,
         "data": DATA,
         "dev": DEV,
         "sweep": SWEEP,
-        "all": sorted(set(GYM + ROBOMIMIC + DATA + DEV + SWEEP)),
+        "all": sorted(set(GYM + ROBOMIMIC + METAWORLD + DATA + DEV + SWEEP)),
     },
 )

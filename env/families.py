@@ -3,7 +3,7 @@
 Every family returns a gymnasium env whose observations are dicts: "state" (Do,) float32 and, for
 pixel tasks, "rgb" (3 * views, H, W) uint8, and whose `info["success"]` (when the family has a
 notion of success) says whether the task is solved. The vector env knows no family; it calls
-`make_family_env`. A family's module is imported only when used, so Gym runs never import robosuite.
+`make_family_env`. A family's module is imported only when used, so Gym runs never import robosuite or metaworld.
 """
 
 import importlib
@@ -13,6 +13,7 @@ import gymnasium as gym
 ENV_FAMILIES = {
     "gym": ("env.gym_locomotion", "make_gym_env", "check_gym_env_id"),
     "robosuite": ("env.robosuite_env", "make_robosuite_env", "robosuite_task"),
+    "metaworld": ("env.metaworld_env", "make_metaworld_env", "metaworld_task"),
 }
 
 

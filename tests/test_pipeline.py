@@ -73,6 +73,17 @@ def test_evaluation_of_pretrained_policy(pretrained, tmp_path):
     assert json.load(open(tmp_path / "results.json"))["n_episodes"] == 4
 
 
+def test_evaluation_of_a_pretraining_runs_checkpoint_equals_that_of_its_exported_policy(pretrained, tmp_path):
+    dataset_dir, run_dir = pretrained
+    common = ["wandb=null", "device=cpu", f"dataset_dir={dataset_dir}", "env.n_envs=2", "env.asynchronous=false",
+              "n_episodes=2"]
+    from_state = run_config("eval_diffusion_mlp", common + [f"logdir={tmp_path / 'state'}",
+                                                            f"checkpoint_path={run_dir / 'checkpoint' / 'last.pt'}"])
+    from_policy = run_config("eval_diffusion_mlp", common + [f"logdir={tmp_path / 'policy'}",
+                                                             f"checkpoint_path={run_dir / 'checkpoint' / 'policy.pt'}"])
+    assert from_state["episode_return"] == from_policy["episode_return"]
+
+
 def test_finetuning_two_iterations(pretrained, tmp_path):
     dataset_dir, _ = pretrained
     run_config("ft_ppo_diffusion_mlp", finetune_overrides(dataset_dir, tmp_path, n_train_itr=2))

@@ -29,9 +29,12 @@ def load_policy(path: str, device: str, overrides: DictConfig | dict | None = No
     (with `overrides` merged in, e.g. {"inference_steps": 1} for a flow policy) with its weights loaded; for a
     fine-tuning checkpoint, as its algorithm acts (`evaluation_actor`: IDQL chooses among candidates by Q)."""
     state = load_checkpoint(path)
-    finetuned = "model_config" not in state and "config" in state and "model" in state["config"]
+    pretraining_state = "ema" in state and "config" in state  # checkpoint/state_<epoch>.pt of a pre-training run
+    finetuned = "model_config" not in state and not pretraining_state and "model" in state.get("config", {})
     if "model_config" in state:
         model_cfg = state["model_config"]
+    elif pretraining_state:
+        model_cfg = state["config"]["model"]
     elif finetuned:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is a fine-tuning checkpoint of format {state.get('format', 1)}, written before "
