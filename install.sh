@@ -14,3 +14,6 @@ python -m pip install -q -e ".[all]"
 # Meta-World without its mujoco==3.3.0 pin: one mujoco (3.8.0) for every task family; its other dependencies are
 # the `metaworld` extra above.
 python -m pip install -q --no-deps "metaworld==3.1.1"
+# robomimic's dataset reader, the tests' oracle of script/dataset/convert_robomimic.py: without its dependencies (its
+# models want a torchvision matching torch, its env wrapper mujoco_py; neither is used).
+python -m pip install -q --no-deps "robomimic==0.3.0"

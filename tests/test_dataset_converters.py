@@ -199,3 +199,88 @@ def test_convert_robomimic_missing_obs_key_lists_the_keys_the_file_has(tmp_path)
         convert_robomimic.main(["--input", str(source), "--output-dir", str(tmp_path / "out")])
     message = str(exit_info.value.code)
     assert "'robot0_eef_pos'" in message and "'pos'" in message and "\n" not in message
+
+
+# robomimic's v1.5 low-dim datasets (e.g. lift/ph/low_dim_v15.hdf5), as robomimic's dataset_states_to_obs.py writes
+# them with robosuite 1.5: float64 actions, rewards, states and obs (robot0_eef_quat_site float32), int64 dones (1 at
+# success and at the last step), obs and next_obs, attributes total / env_args (JSON, `type` 1 = robosuite) and
+# num_samples / model_file, and filter keys under mask/ holding demo names as bytes.
+LIFT_V15_OBS = {"object": 10, "robot0_joint_pos": 7, "robot0_joint_pos_cos": 7, "robot0_joint_pos_sin": 7,
+                "robot0_joint_vel": 7, "robot0_joint_acc": 7, "robot0_eef_pos": 3, "robot0_eef_quat": 4,
+                "robot0_eef_quat_site": 4, "robot0_gripper_qpos": 2, "robot0_gripper_qvel": 2}
+V15_LENGTHS = [5, 3, 4, 6, 2]
+V15_MASKS = {"train": ["demo_0", "demo_2", "demo_3", "demo_4"], "valid": ["demo_1"], "20_percent": ["demo_3"]}
+
+
+def write_robomimic_v15_lift(path, seed=0):
+    rng = np.random.default_rng(seed)
+    env_args = {"env_name": "Lift", "env_version": "1.5.1", "type": 1,
+                "env_kwargs": {"robots": ["Panda"], "control_freq": 20, "reward_shaping": False, "ignore_done": True,
+                               "use_object_obs": True, "use_camera_obs": False, "has_renderer": False,
+                               "has_offscreen_renderer": False,
+                               "controller_configs": {"type": "BASIC", "body_parts": {"right": {"type": "OSC_POSE"}}}}}
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["total"] = sum(V15_LENGTHS)
+        data.attrs["env_args"] = json.dumps(env_args, indent=4)
+        for index, length in enumerate(V15_LENGTHS):
+            demo = data.create_group(f"demo_{index}")
+            demo.attrs["num_samples"] = length
+            demo.attrs["model_file"] = "<mujoco model='base'></mujoco>"
+            demo["actions"] = rng.uniform(-1, 1, size=(length, 7))
+            demo["states"] = rng.normal(size=(length, 32))
+            demo["rewards"] = np.eye(1, length, length - 1)[0]
+            demo["dones"] = np.eye(1, length, length - 1, dtype=np.int64)[0]
+            trajectory = {key: rng.normal(size=(length + 1, dim)) for key, dim in LIFT_V15_OBS.items()}
+            for key, values in trajectory.items():
+                dtype = np.float32 if key == "robot0_eef_quat_site" else np.float64
+                demo[f"obs/{key}"] = values[:-1].astype(dtype)
+                demo[f"next_obs/{key}"] = values[1:].astype(dtype)
+        for key, names in V15_MASKS.items():
+            f[f"mask/{key}"] = np.array(names, dtype="S")
+    return env_args
+
+
+def test_convert_robomimic_reads_a_file_laid_out_as_robomimics_v15_datasets(tmp_path):
+    source = tmp_path / "low_dim_v15.hdf5"
+    env_args = write_robomimic_v15_lift(source)
+    out_dir = tmp_path / "lift"
+    convert_robomimic.main(["--input", str(source), "--output-dir", str(out_dir), "--filter-key", "train"])
+    data = np.load(out_dir / "train.npz")
+    assert data["traj_lengths"].tolist() == [V15_LENGTHS[i] for i in (0, 2, 3, 4)]
+    assert data["states"].shape == (sum(data["traj_lengths"]), 19) and data["states"].dtype == np.float32  # Lift: 19
+    assert data["actions"].dtype == np.float32 and data["terminals"].dtype == bool
+    with h5py.File(source, "r") as f:
+        demo = f["data/demo_2"]
+        first = np.concatenate([demo[f"obs/{key}"][0] for key in convert_robomimic.DEFAULT_OBS_KEYS])
+    np.testing.assert_array_equal(data["states"][V15_LENGTHS[0]], first.astype(np.float32))
+    metadata = json.loads((out_dir / "metadata.json").read_text())
+    assert metadata["env_args"] == env_args and metadata["filter_key"] == "train" and metadata["mean_return"] == 1.0
+
+    every = convert_robomimic_file(str(source))
+    assert every["traj_lengths"].tolist() == V15_LENGTHS
+    assert convert_robomimic_file(str(source), filter_key="20_percent")["traj_lengths"].tolist() == [V15_LENGTHS[3]]
+    with pytest.raises(ConversionError, match=r"no filter key 'test' \(mask/test\): the file's filter keys are "
+                                              r"\['20_percent', 'train', 'valid'\]"):
+        convert_robomimic_file(str(source), filter_key="test")
+
+
+def test_convert_robomimic_takes_the_demos_and_arrays_robomimics_own_reader_takes(tmp_path):
+    """robomimic's SequenceDataset (robomimic 0.3.0, installed without its dependencies) is the oracle."""
+    sequence_dataset = pytest.importorskip("robomimic.utils.dataset").SequenceDataset
+    source = tmp_path / "low_dim_v15.hdf5"
+    write_robomimic_v15_lift(source)
+    obs_keys = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object", "robot0_eef_quat_site"]
+    for filter_key in ("train", "valid", None):
+        reference = sequence_dataset(str(source), obs_keys, ("actions", "rewards", "dones"), hdf5_cache_mode=None,
+                                     filter_by_attribute=filter_key, load_next_obs=False)
+        trajectories = [reference.get_trajectory_at_index(i) for i in range(len(reference.demos))]
+        data = convert_robomimic_file(str(source), obs_keys=obs_keys, filter_key=filter_key)
+        assert data["traj_lengths"].tolist() == [len(t["actions"]) for t in trajectories]
+        np.testing.assert_array_equal(
+            data["states"], np.concatenate([np.concatenate([t["obs"][key] for key in obs_keys], axis=1)
+                                            for t in trajectories]).astype(np.float32))
+        np.testing.assert_array_equal(data["actions"], np.concatenate([t["actions"] for t in trajectories]).astype(
+            np.float32))
+        np.testing.assert_array_equal(data["terminals"], np.concatenate([t["dones"] for t in trajectories]) == 1)
+        reference.close_and_delete_hdf5_handle()

@@ -6,7 +6,12 @@ and `dones` (T,). Demos are taken in the order of their integer index
 (demo_2 before demo_10). `states` (N, Do) is the concatenation of the
 `--obs-keys` in the order given; `--image-keys` are stored as `images`
 (N, C, H, W) uint8, several keys concatenated along channels (robomimic stores
-images as (T, H, W, C)). Only h5py is needed, not robomimic.
+images as (T, H, W, C)). `--filter-key` takes only the demos robomimic's filter key
+lists (`mask/<key>`: `train`, `valid`, `20_percent`, ... in robomimic's
+datasets). Only h5py is needed: robomimic 0.3.0 reads the same files (its
+SequenceDataset is the tests' oracle of this converter), but its file utilities
+import torchvision and its env wrapper mujoco_py, and it predates the v1.5
+datasets and robosuite 1.5, so the converter reads the layout itself.
 
 Writes `<output-dir>/train.npz` (states, actions, traj_lengths, and rewards,
 terminals, images when present) and `<output-dir>/metadata.json`.
@@ -40,6 +45,21 @@ def sort_demo_names(names) -> list[str]:
         return int(number)
 
     return sorted(names, key=index)
+
+
+def demo_names(f: h5py.File, filter_key: str | None) -> list[str]:
+    """The demos of the file, or of its filter key `mask/<filter_key>` (names stored as bytes), by integer index."""
+    if filter_key is None:
+        return sort_demo_names(f["data"].keys())
+    masks = sorted(f["mask"].keys()) if "mask" in f else []
+    if filter_key not in masks:
+        raise ConversionError(f"no filter key '{filter_key}' (mask/{filter_key}): the file's filter keys are {masks}; "
+                              "pass one of them to --filter-key or leave it out.")
+    names = [name.decode("utf-8") if isinstance(name, bytes) else str(name) for name in f["mask"][filter_key][()]]
+    missing = [name for name in names if name not in f["data"]]
+    if missing:
+        raise ConversionError(f"mask/{filter_key} lists demos the file lacks under data/: {missing[:5]}.")
+    return sort_demo_names(names)
 
 
 def read_demo(demo: h5py.Group, obs_keys, image_keys) -> dict:
@@ -82,8 +102,10 @@ def channels_first(images: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
 
 
-def convert_robomimic(path: str, obs_keys=DEFAULT_OBS_KEYS, image_keys=(), max_episodes: int | None = None) -> dict:
-    """robomimic HDF5 -> project arrays over the first `max_episodes` demos (by integer index).
+def convert_robomimic(path: str, obs_keys=DEFAULT_OBS_KEYS, image_keys=(), max_episodes: int | None = None,
+                      filter_key: str | None = None) -> dict:
+    """robomimic HDF5 -> project arrays over the first `max_episodes` demos (by integer index) of the file, or of
+    its filter key `mask/<filter_key>`.
 
     Returns `states` (N, Do) float32, `actions` (N, Da) float32, `traj_lengths`
     (E,) int64, and `images` (N, C, H, W) uint8 when `image_keys` are given,
@@ -96,7 +118,7 @@ def convert_robomimic(path: str, obs_keys=DEFAULT_OBS_KEYS, image_keys=(), max_e
         if "data" not in f or len(f["data"]) == 0:
             raise ConversionError(f"Input {path} has no data/demo_<i> groups: give a robomimic dataset file.")
         try:
-            names = sort_demo_names(f["data"].keys())[:max_episodes]
+            names = demo_names(f, filter_key)[:max_episodes]
             demos = [read_demo(f["data"][name], obs_keys, image_keys) for name in names]
         except ConversionError as error:
             raise ConversionError(f"Input {path}: {error}") from None
@@ -123,11 +145,13 @@ def main(argv: list[str] | None = None):
                         help="low-dim obs keys concatenated, in this order, into states")
     parser.add_argument("--image-keys", nargs="*", default=[], help="image obs keys stored as images (N, C, H, W)")
     parser.add_argument("--max-episodes", type=positive_int, default=None, help="keep only the first demos")
+    parser.add_argument("--filter-key", default=None,
+                        help="only the demos of robomimic's filter key mask/<key> (e.g. train, valid, 20_percent)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
 
     try:
-        data = convert_robomimic(args.input, args.obs_keys, args.image_keys, args.max_episodes)
+        data = convert_robomimic(args.input, args.obs_keys, args.image_keys, args.max_episodes, args.filter_key)
     except ConversionError as error:
         sys.exit(f"error: {error}")
     metadata = {
@@ -139,6 +163,7 @@ def main(argv: list[str] | None = None):
         "action_dim": int(data["actions"].shape[1]),
         **summarize(data),
         "max_episodes": args.max_episodes,
+        "filter_key": args.filter_key,
         "env_args": read_env_args(args.input),
         **provenance(__file__, argv),
     }
