@@ -1,12 +1,14 @@
-"""Data-parallel pre-training under torchrun: process group, the rank's device, its share of each batch.
+"""Data parallelism under torchrun: process group, the rank's device, its share of each batch, collectives.
 
     torchrun --nproc_per_node=2 script/run.py --config-name=pre_diffusion_mlp
+    torchrun --nproc_per_node=2 script/run.py --config-name=ft_ppo_diffusion_mlp
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 script/run.py ...
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK in each process. Every rank draws the same global
-batches (one permutation per epoch from the run's seed) and trains on its slice of each;
-DistributedDataParallel averages the gradients, so one optimizer step is the step of the global
-batch. Without torchrun every function here is the single-process identity.
+batches and trains on its slice of each; gradients are averaged over the ranks (by
+DistributedDataParallel in pre-training, by `average_gradients` in fine-tuning, whose losses are
+not one module's forward), so one optimizer step is the step of the global batch. Without torchrun
+every function here is the single-process identity.
 """
 
 import os
@@ -102,6 +104,71 @@ def broadcast_from_main(value, rank: Rank):
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def gather_envs(x: torch.Tensor | dict, rank: Rank) -> torch.Tensor | dict:
+    """Every rank's (T, N, ...) tensor (or dict of them) concatenated along the env axis, rank 0's envs first:
+    (T, world_size * N, ...) on every rank. Bool tensors travel as uint8 (gloo has no bool)."""
+    if rank.world_size == 1:
+        return x
+    if isinstance(x, dict):
+        return {key: gather_envs(value, rank) for key, value in x.items()}
+    sent = x.to(torch.uint8) if x.dtype == torch.bool else x.contiguous()
+    parts = [torch.empty_like(sent) for _ in range(rank.world_size)]
+    dist.all_gather(parts, sent)
+    gathered = torch.cat(parts, dim=1)
+    return gathered.bool() if x.dtype == torch.bool else gathered
+
+
+def gather_objects(value, rank: Rank) -> list:
+    """Every rank's `value` (any picklable object), in rank order."""
+    if rank.world_size == 1:
+        return [value]
+    values = [None] * rank.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def broadcast_tensor(x: torch.Tensor, rank: Rank) -> torch.Tensor:
+    """Rank 0's tensor `x` on every rank (the others' `x` are overwritten): random draws every rank must share."""
+    if rank.world_size > 1:
+        dist.broadcast(x, src=0)
+    return x
+
+
+def average_gradients(parameters, rank: Rank) -> None:
+    """Replace each parameter's gradient by its mean over the ranks (one all-reduce of them all flattened)."""
+    if rank.world_size == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= rank.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def mean_metrics_over_ranks(metrics: dict, rank: Rank) -> dict:
+    """The mean over the ranks of every number in `metrics` (one all-reduce); other values as they are."""
+    if rank.world_size == 1:
+        return metrics
+    keys = [key for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    total = torch.tensor([float(metrics[key]) for key in keys], dtype=torch.float64, device=rank.device)
+    dist.all_reduce(total)
+    return {**metrics, **{key: value / rank.world_size for key, value in zip(keys, total.tolist())}}
+
+
+def any_rank(flag: bool, rank: Rank) -> bool:
+    """Whether `flag` is true on any rank: one decision for all of them."""
+    if rank.world_size == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=rank.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def close_distributed() -> None:

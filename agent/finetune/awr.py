@@ -53,19 +53,21 @@ class AWRAgent(FinetuneAgent):
 
         targets = self.td_lambda(data)[0][valid]
         for _ in range(gradient_steps // train.critic_update_ratio):
-            idx = torch.randint(n_samples, (train.batch_size,), device=self.device)
+            idx = self.rank_share(self.shared_randint(n_samples, train.batch_size))
             with self.autocast():
                 critic_loss = value_regression_loss(self.critic(index_samples(obs, idx)), targets[idx])
             self.critic_optimizer.zero_grad()
             critic_loss.backward()
-            self.critic_optimizer.step()
+            self.optimizer_step(self.critic_optimizer)
             history["critic_loss"].append(critic_loss.item())
 
         targets, values = self.td_lambda(data)
         advantages = (targets - values)[valid]
         for _ in range(gradient_steps):
-            idx = torch.randint(n_samples, (train.batch_size,), device=self.device)
-            weights = exponential_weights(standardize(advantages[idx]), train.beta, train.max_adv_weight)
+            idx = self.shared_randint(n_samples, train.batch_size)
+            # advantages standardized over the whole batch, then each rank takes its share
+            weights = self.rank_share(exponential_weights(standardize(advantages[idx]), train.beta, train.max_adv_weight))
+            idx = self.rank_share(idx)
             with self.autocast():
                 actor_loss = (model.per_sample_bc_loss(actions[idx], index_samples(obs, idx)) * weights).mean()
             self.actor_optimizer.zero_grad()

@@ -16,9 +16,24 @@ with `explore(cond) -> (actions, stored)` while training and `act(cond)` in eval
 the policy's own unless the algorithm acts otherwise (IDQL picks among candidates by Q).
 Checkpoints hold every nn.Module attribute of the agent (the policy, critics, targets)
 by attribute name, with optimizers, schedules, reward scaling, replay and RNG state.
+
+Under torchrun (dppo/distributed.py) the loop is data-parallel and computes what one process with
+world_size x env.n_envs envs would: each rank steps its own `env.n_envs` envs (env i of rank r is
+env r * n_envs + i of the run, seeded as such) and collects its rollout; the ranks' rollouts are
+gathered along the env axis, so every rank holds the iteration's whole rollout, scales its rewards
+with one reward scaler over all envs and keeps the same replay. The update then draws its
+minibatches from rank 0's random generator (`shared_randperm`, `shared_randint`, `replay_sample`),
+normalizes advantages over the whole minibatch, computes each loss on the rank's share of it
+(`rank_share`, train.batch_size divisible by world_size) and averages gradients over the ranks
+before every optimizer step (`optimizer_step`, `actor_step`); metrics are averaged over ranks, so a
+target-KL stop is one decision. Episode statistics and env steps are those of all ranks. Rank 0
+evaluates (on its envs), logs and writes checkpoints, which hold every rank's RNG state.
+SIGTERM / SIGUSR1 (Slurm's warning before preemption) end the run after the current iteration's
+checkpoint; the same command line with `resume=auto` continues it.
 """
 
 import os
+import signal
 import time
 
 import hydra
@@ -42,6 +57,17 @@ from dppo.checkpoint import (
     set_rng_state,
 )
 from dppo.config import ConfigError, require
+from dppo.distributed import (
+    any_rank,
+    average_gradients,
+    broadcast_tensor,
+    close_distributed,
+    gather_envs,
+    gather_objects,
+    init_distributed,
+    mean_metrics_over_ranks,
+    shard,
+)
 from dppo.divergence import check_finite
 from dppo.logging import MetricLogger
 from dppo.optimizers import adamw
@@ -53,37 +79,48 @@ from model.common.policy import FinetunePolicy
 
 EVAL_SEED_OFFSET = 1_000_000
 CHECKPOINT_FORMAT = 2  # 2: modules by attribute name (policy apart from critics); 1: one model with its critics
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a cluster's preemption: checkpoint the iteration, then stop
 
 
 class FinetuneAgent:
     off_policy = False  # off-policy algorithms get a replay buffer of train.buffer_size chunk-steps per env
     reads_stored = False  # whether `update` reads what the policy's `explore` stores (PPO: chains, log-probs)
+    supports_torchrun = True  # data-parallel under torchrun (see the module docstring)
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        set_seed(cfg.seed)
-        self.device = cfg.device
+        self.rank = init_distributed(cfg.device)
+        set_seed(cfg.seed)  # the same initial weights on every rank; ranks > 0 sample with their own seed (start)
+        self.device = self.rank.device
         self.precision = check_precision(cfg.precision)
+        world = self.rank.world_size
+        require(world == 1 or cfg.train.batch_size % world == 0,
+                f"train.batch_size={cfg.train.batch_size} does not split evenly over {world} processes: use a "
+                f"multiple of {world}.")
         resume = resolve_resume(cfg.resume, cfg.logdir)
         self.logdir = resume[1] if resume else cfg.logdir
-        self.n_envs = cfg.env.n_envs
+        self.n_envs = cfg.env.n_envs  # this rank's envs
+        self.n_envs_total = self.n_envs * world  # the run's: every rank's
+        self.env_offset = self.rank.rank * self.n_envs  # env i of this rank is env env_offset + i of the run
         self.act_steps = cfg.act_steps
+        save_video = cfg.env.save_video and self.rank.is_main
         self.venv = make_task_vector_env(
             cfg.env, n_envs=self.n_envs, n_obs_steps=cfg.cond_steps, n_action_steps=cfg.act_steps,
             normalization_path=cfg.normalization_path, device=self.device, asynchronous=cfg.env.asynchronous,
-            seed=cfg.seed, video_dir=os.path.join(self.logdir, "videos") if cfg.env.save_video else None,
+            seed=cfg.seed + self.env_offset, video_dir=os.path.join(self.logdir, "videos") if save_video else None,
             n_groups=2 if cfg.env.get("overlap_rollout") and self.n_envs >= 2 else 1,
         )
         self.model = hydra.utils.instantiate(cfg.model)
         require(isinstance(self.model, FinetunePolicy),
                 f"{cfg.model._target_} is not a policy that can be fine-tuned (model/common/policy.py FinetunePolicy).")
         train = cfg.train
-        self.reward_scaler = RunningRewardScaler(self.n_envs, gamma=train.gamma) if train.reward_scale_running else None
+        self.reward_scaler = (RunningRewardScaler(self.n_envs_total, gamma=train.gamma) if train.reward_scale_running
+                              else None)
         self.replay = None
         if self.off_policy:
             require(train.get("buffer_size") is not None,
                     f"{type(self).__name__} replays its data: set train.buffer_size (chunk-steps per env).")
-            self.replay = ReplayBuffer(train.buffer_size, self.n_envs, self.device)
+            self.replay = ReplayBuffer(train.buffer_size, self.n_envs_total, self.device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.lr_schedulers: dict[str, WarmupCosineLR] = {}
         self.itr = 0
@@ -92,17 +129,35 @@ class FinetuneAgent:
         self.tracker = EpisodeTracker(self.n_envs, self.act_steps)
         self.next_firsts = torch.ones(self.n_envs, dtype=torch.bool, device=self.device)
         self.resume_path = resume[0] if resume else None
+        self.stop_signal = None
+        self.logger = None
 
     def start(self) -> None:
-        """Call at the end of a subclass's __init__: load the resumed state, open the run dir and logger."""
+        """Call at the end of a subclass's __init__: share rank 0's weights, load the resumed state, open the run dir
+        and logger (rank 0), and stop at the end of the iteration on SIGTERM / SIGUSR1."""
+        if self.rank.world_size > 1:
+            for module in self.checkpointed_modules().values():
+                for tensor in [*module.parameters(), *module.buffers()]:
+                    broadcast_tensor(tensor.data, self.rank)
+            if not self.rank.is_main:
+                set_seed(self.cfg.seed + self.rank.rank)  # each rank samples its own exploration noise
         if self.resume_path is not None:
             self.load(self.resume_path)
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, self.request_stop)
+        if not self.rank.is_main:
+            return
         prepare_run_dir(self.logdir, self.cfg)
         self.logger = MetricLogger(self.logdir, wandb_cfg=wandb_config(self.cfg),
                                    config=OmegaConf.to_container(self.cfg), resume=self.resume_path is not None,
                                    resume_step=self.itr)
-        print(f"{type(self).__name__} on {self.cfg.env_name} with {self.n_envs} envs, {self.precision}; "
+        processes = f" x {self.rank.world_size} processes" if self.rank.world_size > 1 else ""
+        print(f"{type(self).__name__} on {self.cfg.env_name} with {self.n_envs} envs{processes}, {self.precision}; "
               f"run dir {self.logdir}")
+
+    def request_stop(self, signum, frame) -> None:
+        """Signal handler: finish the iteration, checkpoint it, then stop (see `run`)."""
+        self.stop_signal = signal.Signals(signum).name
 
     # ---- what an algorithm writes ------------------------------------------------------------
     def update(self, rollout: Rollout) -> dict:
@@ -155,14 +210,38 @@ class FinetuneAgent:
         return self.itr >= self.cfg.train.n_critic_warmup_itr
 
     def actor_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Step the actor after critic warm-up, clipping its gradients to `max_grad_norm` when set."""
+        """Step the actor after critic warm-up: gradients averaged over the ranks, then clipped to `max_grad_norm`
+        when set."""
         if not self.update_actor:
             return
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        average_gradients(parameters, self.rank)
         max_grad_norm = self.cfg.train.max_grad_norm
         if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]],
-                                           max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
         optimizer.step()
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A critic's step: its gradients averaged over the ranks first."""
+        average_gradients([p for group in optimizer.param_groups for p in group["params"]], self.rank)
+        optimizer.step()
+
+    # ---- random draws of an update, shared by the ranks ------------------------------------------
+    def shared_randperm(self, n: int) -> torch.Tensor:
+        """A permutation of 0..n-1 (n,) drawn by rank 0 (the single-process draw) and used by every rank."""
+        return broadcast_tensor(torch.randperm(n, device=self.device), self.rank)
+
+    def shared_randint(self, high: int, size: int) -> torch.Tensor:
+        """(size,) indices uniform in 0..high-1 with replacement, drawn by rank 0 and used by every rank."""
+        return broadcast_tensor(torch.randint(high, (size,), device=self.device), self.rank)
+
+    def rank_share(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous, equal share of a global minibatch (B, ...) -> (B / world_size, ...)."""
+        return shard(x, self.rank)
+
+    def replay_sample(self, batch_size: int) -> dict:
+        """This rank's share of a global replay batch of `batch_size` samples (fields (B / world_size, ...))."""
+        return self.replay.sample(batch_size, pick=lambda n, size: self.rank_share(self.shared_randint(n, size)))
 
     def step_lr_schedulers(self) -> None:
         """One LR-schedule step per iteration; the actor's schedule starts after critic warm-up."""
@@ -183,12 +262,7 @@ class FinetuneAgent:
                 obs = self.reset_envs()
             rollout, obs, rollout_metrics = self.collect_rollout(obs)
             rollout_time = timer.lap()
-            if self.replay is not None:
-                self.replay.add_rollout(rollout)
-            metrics = self.update(rollout)
-            check_finite(f"Iteration {self.itr + 1}", metrics, nn.ModuleDict(self.checkpointed_modules()),
-                         last_good=f"checkpoint/last.pt (iteration {self.itr})" if self.itr else "the pre-trained policy")
-            self.step_lr_schedulers()
+            metrics = self.learn(rollout)
             update_time = timer.lap()
 
             self.itr += 1
@@ -201,15 +275,32 @@ class FinetuneAgent:
                 "rollout_time": rollout_time,
                 "update_time": update_time,
                 "wall_time": self.wall_time,
-                "worker_restarts": self.venv.n_worker_restarts,
             })
             if self.replay is not None:
                 metrics["replay_size"] = len(self.replay)
-            self.logger.log(metrics, step=self.itr, prefix="train")
+            if self.rank.is_main:
+                self.logger.log(metrics, step=self.itr, prefix="train")
             if self.evaluate_and_log():
                 obs = None  # evaluation used the envs: the next iteration starts fresh episodes
             self.save()
+            if any_rank(self.stop_signal is not None, self.rank) and self.itr < train.n_train_itr:
+                if self.rank.is_main:
+                    print(f"Stopped by {self.stop_signal or 'a signal to another rank'} after iteration {self.itr}: "
+                          f"{last_checkpoint_path(self.logdir)} holds it; the same command with resume=auto continues.",
+                          flush=True)
+                break
         self.finish()
+
+    def learn(self, rollout: Rollout) -> dict:
+        """The iteration's learning from its rollout: into the replay (off-policy), the algorithm's update, its
+        metrics averaged over the ranks and checked for NaN, one LR-schedule step."""
+        if self.replay is not None:
+            self.replay.add_rollout(rollout)
+        metrics = mean_metrics_over_ranks(self.update(rollout), self.rank)
+        check_finite(f"Iteration {self.itr + 1}", metrics, nn.ModuleDict(self.checkpointed_modules()),
+                     last_good=f"checkpoint/last.pt (iteration {self.itr})" if self.itr else "the pre-trained policy")
+        self.step_lr_schedulers()
+        return metrics
 
     def reset_envs(self) -> dict:
         """Reset every env with seeds derived from the iteration, so a resumed run sees the same episodes.
@@ -218,15 +309,16 @@ class FinetuneAgent:
         """
         self.tracker = EpisodeTracker(self.n_envs, self.act_steps)
         self.next_firsts = torch.ones(self.n_envs, dtype=torch.bool, device=self.device)
-        return self.venv.reset(seed=self.cfg.seed + self.itr * self.n_envs)
+        return self.venv.reset(seed=self.cfg.seed + self.itr * self.n_envs_total + self.env_offset)
 
     def collect_rollout(self, obs: dict) -> tuple[Rollout, dict, dict]:
         """n_steps exploring action chunks in every env from `obs` {key: (n_envs, To, ...)}.
 
         The envs come in groups (`env.overlap_rollout`: two): the policy samples the next chunks of one group
         while the workers of the other step, so sampling and simulation overlap. With one group the two
-        alternate. Torch runs on `train.sampling_threads` meanwhile. Returns the rollout, the observation to
-        continue from, and the rollout's metrics (episodes that finished in it, env steps, simulator errors).
+        alternate. Torch runs on `train.sampling_threads` meanwhile. Returns the rollout (every rank's, gathered
+        along the env axis, rewards scaled), this rank's observation to continue from, and the rollout's metrics
+        (episodes that finished in it in any rank's envs, env steps, simulator errors).
         """
         groups = self.venv.groups
         steps = {key: [] for key in ("obs", "next_obs", "actions", "stored", "rewards", "terminated", "ends", "firsts",
@@ -253,17 +345,26 @@ class FinetuneAgent:
                 sim_errors += int(result.sim_errors.sum())
                 self.next_firsts = ends
                 obs = result.obs
-        steps = {key: stack_steps(values) for key, values in steps.items()}
-        rollout = Rollout(obs=steps["obs"], next_obs=steps["next_obs"], actions=steps["actions"],
-                          stored=steps["stored"], rewards=steps["rewards"],
-                          scaled_rewards=self.scale_rewards(steps["rewards"], steps["firsts"]),
-                          terminated=steps["terminated"], ends=steps["ends"], firsts=steps["firsts"],
-                          cut=steps["cut"])
+        rollout = self.assemble_rollout({key: stack_steps(values) for key, values in steps.items()})
+        per_rank = gather_objects((episodes, env_steps, sim_errors, self.tracker.n_cut - cut_before,
+                                   self.venv.n_worker_restarts), self.rank)
+        env_steps = sum(counts[1] for counts in per_rank)
         self.env_steps += env_steps
-        metrics = summarize(episodes)
-        metrics.update({"iteration_env_steps": env_steps, "sim_errors": sim_errors,
-                        "cut_episodes": self.tracker.n_cut - cut_before})
+        metrics = summarize([episode for counts in per_rank for episode in counts[0]])
+        metrics.update({"iteration_env_steps": env_steps, "sim_errors": sum(counts[2] for counts in per_rank),
+                        "cut_episodes": sum(counts[3] for counts in per_rank),
+                        "worker_restarts": sum(counts[4] for counts in per_rank)})
         return rollout, obs, metrics
+
+    def assemble_rollout(self, steps: dict) -> Rollout:
+        """This rank's collected steps {obs, next_obs, actions, stored, rewards, terminated, ends, firsts, cut}, each
+        (T, n_envs, ...), -> the iteration's Rollout: every rank's steps side by side (T, n_envs_total, ...), rewards
+        scaled once over all of them."""
+        steps = gather_envs(steps, self.rank)
+        return Rollout(obs=steps["obs"], next_obs=steps["next_obs"], actions=steps["actions"],
+                       stored=steps["stored"], rewards=steps["rewards"],
+                       scaled_rewards=self.scale_rewards(steps["rewards"], steps["firsts"]),
+                       terminated=steps["terminated"], ends=steps["ends"], firsts=steps["firsts"], cut=steps["cut"])
 
     def launch(self, g: int, obs: dict) -> tuple[dict, torch.Tensor, dict]:
         """Sample exploring chunks for env group g's observations {key: (group size, To, ...)} and start stepping
@@ -274,7 +375,8 @@ class FinetuneAgent:
         return obs, actions, stored
 
     def scale_rewards(self, rewards: torch.Tensor, firsts: torch.Tensor) -> torch.Tensor:
-        """(T, N) rewards of one rollout -> scaled once for the whole rollout (running std or constant factor)."""
+        """(T, N) rewards of one rollout (every rank's envs) -> scaled once for the whole rollout (running std or
+        constant factor)."""
         if self.reward_scaler is not None:
             return self.reward_scaler(rewards, firsts)
         return rewards * self.cfg.train.reward_scale_const
@@ -283,11 +385,13 @@ class FinetuneAgent:
     def evaluate_and_log(self) -> bool:
         """Every `val_freq` iterations (and before the first): evaluate, log `eval/*` and redraw the curves.
 
-        Returns whether it evaluated (the envs then need a reset).
+        Rank 0 evaluates; every rank returns whether this was an evaluation iteration (the envs then need a reset).
         """
         val_freq = self.cfg.train.val_freq
         if val_freq is None or self.itr % val_freq != 0:
             return False
+        if not self.rank.is_main:
+            return True
         self.model.eval()
         timer = Timer()
         metrics = self.evaluate()
@@ -318,6 +422,10 @@ class FinetuneAgent:
         return {name: value for name, value in vars(self).items() if isinstance(value, nn.Module)}
 
     def save(self) -> None:
+        """Rank 0 writes the checkpoint, with every rank's RNG state (a collective: every rank calls it)."""
+        rank_rngs = gather_objects(rng_state(), self.rank)
+        if not self.rank.is_main:
+            return
         state = {
             "format": CHECKPOINT_FORMAT,
             "itr": self.itr,
@@ -328,9 +436,12 @@ class FinetuneAgent:
             "lr_schedulers": {name: sched.state_dict() for name, sched in self.lr_schedulers.items()},
             "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
             "replay": self.replay.state_dict() if self.replay is not None else None,
-            "rng": rng_state(),
+            "rng": rank_rngs[0],
+            "world_size": self.rank.world_size,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
+        if self.rank.world_size > 1:
+            state["rank_rngs"] = rank_rngs
         if self.itr % self.cfg.train.save_model_freq == 0:
             save_checkpoint(checkpoint_path(self.logdir, self.itr), state)
         save_checkpoint(last_checkpoint_path(self.logdir), state)
@@ -341,6 +452,10 @@ class FinetuneAgent:
             raise ConfigError(f"{path} was written before policies and algorithms were split (checkpoint format "
                               f"{state.get('format', 1)}, this code reads {CHECKPOINT_FORMAT}): start a new run from "
                               "the pre-trained policy instead of resuming it.")
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.rank.world_size:
+            raise ConfigError(f"{path} was written by {saved_world} process(es) and this run has {self.rank.world_size}: "
+                              f"resume it with as many (torchrun --nproc_per_node={saved_world} ...), or start anew.")
         for name, module in self.checkpointed_modules().items():
             load_state_dict_checked(module, state["modules"][name], what=f"{path} ({name})")
         for name, optimizer in self.optimizers.items():
@@ -351,18 +466,21 @@ class FinetuneAgent:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
         if self.replay is not None:
             self.replay.load_state_dict(state["replay"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rank_rngs"][self.rank.rank] if self.rank.world_size > 1 else state["rng"])
         self.itr, self.env_steps, self.wall_time = state["itr"], state["env_steps"], state["wall_time"]
-        print(f"Resumed from {path} at iteration {self.itr}")
+        if self.rank.is_main:
+            print(f"Resumed from {path} at iteration {self.itr}")
 
     def plot_curves(self) -> None:
         """curves.png: train and eval return, then one panel per loss the algorithm logs."""
         self.logger.plot(curve_panels(self.logger.keys))
 
     def finish(self) -> None:
-        self.plot_curves()
-        self.logger.close()
+        if self.rank.is_main:
+            self.plot_curves()
+            self.logger.close()
         self.venv.close()
+        close_distributed()
 
 
 def curve_panels(logged_keys) -> dict[str, list[str]]:

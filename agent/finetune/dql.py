@@ -35,13 +35,13 @@ class DQLAgent(FinetuneAgent):
         gradient_steps = replay_gradient_steps(rollout.n_steps * rollout.n_envs, train.batch_size, train.replay_ratio)
         history = {"critic_loss": [], "actor_loss": [], "bc_loss": [], "q_loss": [], "q_gap": [], "actor_grad_norm": []}
         for _ in range(gradient_steps):
-            batch = self.replay.sample(train.batch_size)
+            batch = self.replay_sample(train.batch_size)
             with self.autocast():
                 critic_loss = dql_critic_loss(self.model, self.critic, self.critic_target, batch, train.gamma,
                                               self.act_steps)
             self.critic_optimizer.zero_grad()
             critic_loss.backward()
-            self.critic_optimizer.step()
+            self.optimizer_step(self.critic_optimizer)
             history["critic_loss"].append(critic_loss.item())
 
             if self.update_actor:

@@ -55,18 +55,18 @@ class IDQLAgent(FinetuneAgent):
         gradient_steps = replay_gradient_steps(rollout.n_steps * rollout.n_envs, train.batch_size, train.replay_ratio)
         history = {"v_loss": [], "q_loss": [], "actor_loss": []}
         for _ in range(gradient_steps):
-            batch = self.replay.sample(train.batch_size)
+            batch = self.replay_sample(train.batch_size)
             with self.autocast():
                 v_loss = idql_v_loss(self.critic_v, self.target_q, batch, train.expectile, self.act_steps)
             self.critic_v_optimizer.zero_grad()
             v_loss.backward()
-            self.critic_v_optimizer.step()
+            self.optimizer_step(self.critic_v_optimizer)
 
             with self.autocast():
                 q_loss = idql_q_loss(self.critic_q, self.critic_v, batch, train.gamma, self.act_steps)
             self.critic_q_optimizer.zero_grad()
             q_loss.backward()
-            self.critic_q_optimizer.step()
+            self.optimizer_step(self.critic_q_optimizer)
             soft_update(self.target_q, self.critic_q, train.critic_tau)
             history["v_loss"].append(v_loss.item())
             history["q_loss"].append(q_loss.item())

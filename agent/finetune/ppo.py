@@ -20,6 +20,7 @@ from agent.finetune.base import FinetuneAgent, explained_variance, mean_metrics
 from agent.finetune.returns import gae_from_critic, segment_ends
 from agent.finetune.rollout import Rollout, flatten_steps, index_samples, map_batches
 from dppo.config import require
+from dppo.distributed import mean_metrics_over_ranks
 from model.common.obs_encoder import shift_images
 from model.rl.ppo import PPOSettings, normalize_advantages, ppo_loss
 
@@ -80,9 +81,13 @@ class PPOAgent(FinetuneAgent):
         n_minibatches = n_samples // train.batch_size
         for _ in range(train.update_epochs):
             stop = False
-            for idx in torch.randperm(n_samples, device=self.device).split(train.batch_size)[:n_minibatches]:
+            for idx in self.shared_randperm(n_samples).split(train.batch_size)[:n_minibatches]:
+                # advantages normalized over the whole minibatch, then each rank computes the loss on its share
+                minibatch_advantages = self.rank_share(normalize_advantages(advantages[idx], self.settings))
+                idx = self.rank_share(idx)
                 step_metrics = self.minibatch_update(index_samples(obs, idx), index_samples(stored, idx), returns[idx],
-                                                     values[idx], advantages[idx], old_log_probs[idx])
+                                                     values[idx], minibatch_advantages, old_log_probs[idx])
+                step_metrics = mean_metrics_over_ranks(step_metrics, self.rank)  # one target-KL decision
                 for key, value in step_metrics.items():
                     history[key].append(value)
                 if train.target_kl is not None and step_metrics["approx_kl"] > train.target_kl:
@@ -99,14 +104,14 @@ class PPOAgent(FinetuneAgent):
                          advantages: torch.Tensor, old_log_probs: torch.Tensor) -> dict[str, float]:
         """One gradient step of actor and critic on a minibatch of B samples; returns its metrics (METRIC_KEYS).
 
-        obs, stored: {key: (B, ...)}; returns, values, advantages: (B,); old_log_probs: (B, ...) as `log_probs`.
-        Advantages are normalized over the whole minibatch first. With `train.grad_chunk_size` = C the loss is
+        obs, stored: {key: (B, ...)}; returns, values, advantages: (B,) (normalized over the global minibatch);
+        old_log_probs: (B, ...) as `log_probs`. B is this rank's share of the minibatch; gradients are averaged over
+        the ranks before the optimizer steps. With `train.grad_chunk_size` = C the loss is
         then evaluated on chunks of C samples, each backpropagated with weight C / B, so gradients accumulate to
         those of the whole minibatch while the activations held at once shrink to a chunk's.
         """
         train = self.cfg.train
         batch = returns.shape[0]
-        advantages = normalize_advantages(advantages, self.settings)
         self.actor_optimizer.zero_grad()
         self.critic_optimizer.zero_grad()
         totals = dict.fromkeys(METRIC_KEYS, 0.0)
@@ -127,5 +132,5 @@ class PPOAgent(FinetuneAgent):
                                ("clipfrac", out.clipfrac), ("ratio", out.ratio)):
                 totals[key] += weight * value
         self.actor_step(self.actor_optimizer)
-        self.critic_optimizer.step()
+        self.optimizer_step(self.critic_optimizer)
         return totals

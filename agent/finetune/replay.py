@@ -61,9 +61,10 @@ class ReplayBuffer:
         rows = ((start + torch.arange(self.size)) % self.capacity).to(self.device)
         return _unflatten({key: value[rows] for key, value in self.data.items()})
 
-    def sample(self, batch_size: int) -> dict:
+    def sample(self, batch_size: int, pick=None) -> dict:
         """batch_size (step, env) samples drawn uniformly with replacement among the steps that happened (cut steps
-        are never drawn): fields (B, ...)."""
+        are never drawn): fields (B, ...). `pick(n, batch_size)` draws the indices into the n such steps instead
+        (under torchrun: rank 0's draw, this rank's share of it)."""
         if self.size == 0:
             raise RuntimeError("ReplayBuffer.sample called on an empty buffer: add a rollout first.")
         if self._valid is None:  # (n_valid, 2) storage (row, env) of the steps that happened, until the next add
@@ -72,8 +73,12 @@ class ReplayBuffer:
         if len(self._valid) == 0:
             raise RuntimeError("Every replayed step was cut (worker restarts / simulator failures): nothing to learn "
                                "from; check the simulator.")
-        pick = self._valid[torch.randint(len(self._valid), (batch_size,), device=self.device)]
-        return _unflatten({key: value[pick[:, 0], pick[:, 1]] for key, value in self.data.items()})
+        if pick is None:
+            indices = torch.randint(len(self._valid), (batch_size,), device=self.device)
+        else:
+            indices = pick(len(self._valid), batch_size)
+        steps = self._valid[indices]
+        return _unflatten({key: value[steps[:, 0], steps[:, 1]] for key, value in self.data.items()})
 
     def _filled_rows(self) -> torch.Tensor:
         """(capacity,) bool: the storage rows that hold a step."""

@@ -9,7 +9,6 @@ batch is dropped). A diffusion policy fine-tunes every denoising step; explorati
 each step's std >= min_sampling_denoising_std.
 """
 
-import torch
 from omegaconf import DictConfig
 
 from agent.finetune.base import FinetuneAgent, mean_metrics
@@ -39,9 +38,13 @@ class RWRAgent(FinetuneAgent):
         weights = exponential_weights(standardize(returns.reshape(-1)[keep], RETURN_EPS, unbiased=False), train.beta,
                                       train.max_reward_weight)
         history = {"loss": []}
-        batch_size = min(train.batch_size, n_samples)
+        world = self.rank.world_size
+        batch_size = min(train.batch_size, n_samples // world * world)  # splits evenly over the ranks
+        if batch_size == 0:
+            return {"n_samples": n_samples}
         for _ in range(train.update_epochs):
-            for idx in torch.randperm(n_samples, device=self.device).split(batch_size)[: n_samples // batch_size]:
+            for idx in self.shared_randperm(n_samples).split(batch_size)[: n_samples // batch_size]:
+                idx = self.rank_share(idx)
                 with self.autocast():
                     loss = (self.model.per_sample_bc_loss(actions[idx], index_samples(obs, idx)) * weights[idx]).mean()
                 self.actor_optimizer.zero_grad()
