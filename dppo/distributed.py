@@ -12,6 +12,7 @@ every function here is the single-process identity.
 """
 
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -19,6 +20,35 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+SLURM_PORT_BASE = 20000  # MASTER_PORT of a Slurm job: 20000 + job id mod 20000 (one port per job on shared nodes)
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: 'gpu[03-05,7],cpu1' -> 'gpu03', 'node1,node2' -> 'node1'."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
+    if match is None:
+        raise ValueError(f"Cannot read the Slurm node list '{nodelist}'.")
+    prefix, ranges = match.groups()
+    return prefix if ranges is None else prefix + ranges.split(",")[0].split("-")[0]
+
+
+def adopt_slurm_tasks() -> None:
+    """In a Slurm job step of several tasks (srun, or hydra/launcher=slurm with tasks_per_node / nodes) started
+    without torchrun, make each task a rank: RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS, LOCAL_RANK =
+    SLURM_LOCALID, the rendezvous on the job's first node (MASTER_ADDR) at a port derived from the job id. Does
+    nothing under torchrun (WORLD_SIZE set) or outside such a step; idempotent."""
+    if "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in os.environ:
+        return
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST", "localhost")
+    os.environ.update({
+        "RANK": os.environ["SLURM_PROCID"],
+        "WORLD_SIZE": os.environ["SLURM_NTASKS"],
+        "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
+        "MASTER_ADDR": os.environ.get("MASTER_ADDR", first_slurm_host(nodelist)),
+        "MASTER_PORT": os.environ.get("MASTER_PORT",
+                                      str(SLURM_PORT_BASE + int(os.environ.get("SLURM_JOB_ID", "0")) % SLURM_PORT_BASE)),
+    })
 
 
 def world_size() -> int:
@@ -42,11 +72,13 @@ class Rank:
 
 def init_distributed(device: str) -> Rank:
     """Join the torchrun process group (nccl on CUDA, gloo on CPU) and pick this rank's device:
-    cuda:<LOCAL_RANK> on GPUs. Without torchrun: rank 0 of 1 on `device`."""
+    cuda:<LOCAL_RANK> on GPUs. Without torchrun: rank 0 of 1 on `device`. The tasks of a Slurm job step are
+    ranks too (`adopt_slurm_tasks`)."""
+    adopt_slurm_tasks()
     if world_size() == 1:
         return Rank(0, 1, device)
-    if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    if device.startswith("cuda"):  # one GPU per rank: its local rank's, or the only one Slurm left it
+        device = f"cuda:{int(os.environ['LOCAL_RANK']) if torch.cuda.device_count() > 1 else 0}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")

@@ -37,7 +37,7 @@ if __name__ == "__main__":  # tcmalloc where installed (dppo/allocator.py): re-e
     use_tcmalloc()
 
 from dppo.config import ConfigError, register_resolvers, startup_error_line, validate_config  # noqa: E402
-from dppo.distributed import world_size  # noqa: E402
+from dppo.distributed import adopt_slurm_tasks, world_size  # noqa: E402
 from dppo.divergence import NonFiniteError  # noqa: E402
 from dppo.runtime import job_threads, parallel_jobs, set_threads  # noqa: E402
 from dppo.sweep import in_multirun, record_job  # noqa: E402
@@ -84,8 +84,10 @@ def main(cfg: DictConfig) -> None:
             set_threads(threads)
         validate_config(cfg)
         agent_class = hydra.utils.get_class(cfg._target_)
+        adopt_slurm_tasks()
         if world_size() > 1 and not getattr(agent_class, "supports_torchrun", False):
-            raise ConfigError(f"{cfg._target_} runs in one process: use torchrun with a pre-training config (pre_*).")
+            raise ConfigError(f"{cfg._target_} runs in one process: use torchrun with a pre-training or fine-tuning "
+                              "config (pre_*, ft_*).")
         agent = agent_class(cfg)
     except (ConfigError, FileNotFoundError, ValueError, InstantiationException) as error:
         fail(startup_error_line(error))

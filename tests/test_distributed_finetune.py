@@ -14,6 +14,7 @@ import torch
 from conftest import TINY_CRITIC, TINY_MODEL, run_config, write_hopper_dataset
 
 from dppo.checkpoint import load_checkpoint
+from dppo.distributed import first_slurm_host
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESS = os.path.join(REPO, "tests", "finetune_update_harness.py")
@@ -43,9 +44,10 @@ def update_overrides(dataset_dir, logdir, n_envs, extra=()) -> list[str]:
         "train.n_steps=8", "train.val_freq=null", "precision=fp32", *extra]
 
 
-def update_both_ways(config_name, dataset_dir, tmp_path, extra):
+def update_both_ways(config_name, dataset_dir, tmp_path, extra, launch="torchrun"):
     """Collect one iteration on one process of N_ENVS envs, then learn from it on one process and on 2 ranks of
-    N_ENVS / 2 envs each; returns the two outputs of the harness (weights, reward scaler, metrics)."""
+    N_ENVS / 2 envs each (started by torchrun, or as the 2 tasks of a Slurm job step); returns the two outputs of
+    the harness (weights, reward scaler, metrics)."""
     steps = tmp_path / "steps.pt"
     subprocess.run([sys.executable, HARNESS, "collect", str(steps), config_name,
                     *update_overrides(dataset_dir, tmp_path / "collect", N_ENVS, extra)],
@@ -53,10 +55,19 @@ def update_both_ways(config_name, dataset_dir, tmp_path, extra):
     subprocess.run([sys.executable, HARNESS, "update", str(steps), str(tmp_path / "one.pt"), config_name,
                     *update_overrides(dataset_dir, tmp_path / "one", N_ENVS, extra)],
                    cwd=REPO, env=ENV, check=True, capture_output=True, timeout=300)
-    two = subprocess.run([*TORCHRUN, HARNESS, "update", str(steps), str(tmp_path / "two.pt"), config_name,
-                          *update_overrides(dataset_dir, tmp_path / "two", N_ENVS // 2, extra)],
-                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
+    two = [HARNESS, "update", str(steps), str(tmp_path / "two.pt"), config_name,
+           *update_overrides(dataset_dir, tmp_path / "two", N_ENVS // 2, extra)]
+    if launch == "torchrun":
+        result = subprocess.run([*TORCHRUN, *two], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    else:  # what srun gives each task of a 2-task step on one node
+        slurm = dict(ENV, SLURM_NTASKS="2", SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID=str(os.getpid()))
+        tasks = [subprocess.Popen([sys.executable, *two], cwd=REPO, env=dict(slurm, SLURM_PROCID=str(r),
+                                                                            SLURM_LOCALID=str(r)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+        for task in tasks:
+            _, stderr = task.communicate(timeout=300)
+            assert task.returncode == 0, stderr[-3000:]
     return torch.load(tmp_path / "one.pt", weights_only=False), torch.load(tmp_path / "two.pt", weights_only=False)
 
 
@@ -90,6 +101,14 @@ def test_an_awr_update_split_over_two_ranks_equals_one_process_on_all_samples(ti
     assert one["metrics"]["gradient_steps"] == two["metrics"]["gradient_steps"] == 16
     for key in ("critic_loss", "actor_loss"):
         assert two["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-4), key
+
+
+def test_the_tasks_of_a_slurm_job_step_are_the_ranks(tiny_policies, tmp_path):
+    assert first_slurm_host("gpu[03-05,7],cpu1") == "gpu03" and first_slurm_host("node1,node2") == "node1"
+    assert first_slurm_host("localhost") == "localhost"
+    extra = ["train.batch_size=8", "train.update_epochs=1", "denoising_steps=5", "ft_denoising_steps=2"]
+    one, two = update_both_ways("ft_ppo_diffusion_mlp", tiny_policies, tmp_path, extra, launch="slurm")
+    assert_same_modules(one["modules"], two["modules"])
 
 
 def run_overrides(dataset_dir, logdir, n_train_itr) -> list[str]:
