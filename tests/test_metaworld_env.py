@@ -1,5 +1,6 @@
 """The Meta-World task family: seeded placements, sparse success reward and termination, the scripted experts
-on the installed mujoco, the demo maker, and a task file end to end (pre-training, DPPO, evaluation)."""
+on the installed mujoco, the demo maker, and a task file end to end (pre-training, 2 DPPO iterations,
+evaluation)."""
 
 import json
 import os
@@ -99,19 +100,21 @@ def test_demo_maker_keeps_successes_and_a_task_runs_pretraining_dppo_and_evaluat
     ends = np.cumsum(data["traj_lengths"]) - 1
     assert data["terminals"][ends].all() and data["terminals"].sum() == 2 and data["rewards"].sum() == 2.0
 
-    overrides = ["wandb=null", "device=cpu", "task=button_press", f"dataset_dir={data_dir}", "max_episode_steps=16",
-                 "denoising_steps=5"]
-    run_config("pre_diffusion_mlp", overrides + TINY_MODEL + [
+    overrides = ["wandb=null", "device=cpu", "task=button_press", f"dataset_dir={data_dir}", "max_episode_steps=16"]
+    run_config("pre_diffusion_mlp", overrides + TINY_MODEL + ["denoising_steps=5",
         f"logdir={tmp_path / 'bc'}", "train.n_epochs=1", "train.batch_size=16",
         f"export_policy_path={data_dir}/pretrained/diffusion_mlp.pt"])
-    run_config("ft_ppo_diffusion_mlp", overrides + TINY_CRITIC + [
+    run_config("ft_ppo_diffusion_mlp", overrides + TINY_CRITIC + ["denoising_steps=5",
         f"logdir={tmp_path / 'ft'}", "model.network.mlp_dims=[32,32,32]", "env.n_envs=2", "env.asynchronous=false",
-        "train.n_steps=4", "train.n_train_itr=1", "train.batch_size=4", "train.update_epochs=1", "train.val_freq=1",
+        "train.n_steps=4", "train.n_train_itr=2", "train.batch_size=4", "train.update_epochs=1", "train.val_freq=1",
         "ft_denoising_steps=2"])
     with open(tmp_path / "ft" / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
-    assert [row["eval/success_rate"] for row in rows if "eval/success_rate" in row] == [0.0, 0.0]
-    assert [row["train/env_steps"] for row in rows if "train/env_steps" in row] == [32]
+    assert [row["eval/success_rate"] for row in rows if "eval/success_rate" in row] == [0.0, 0.0, 0.0]
+    assert [row["train/env_steps"] for row in rows if "train/env_steps" in row] == [32, 64]
+    results = run_config("eval_diffusion_mlp", overrides + [f"logdir={tmp_path / 'eval'}", "env.n_envs=2",
+                                                            "env.asynchronous=false", "n_episodes=2"])
+    assert results["n_episodes"] == 2 and results["success_rate"] == 0.0 and results["episode_length"] == 16
 
     bad = subprocess.run([sys.executable, "script/dataset/make_metaworld_demos.py", "--task", "hopper"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
