@@ -116,6 +116,11 @@ def test_demo_maker_keeps_successes_and_a_task_runs_pretraining_dppo_and_evaluat
                                                             "env.asynchronous=false", "n_episodes=2"])
     assert results["n_episodes"] == 2 and results["success_rate"] == 0.0 and results["episode_length"] == 16
 
+    report = subprocess.run([sys.executable, "script/dataset/make_metaworld_demos.py", "--task", "button_press",
+                             "--evaluate-expert", "2", "--noise", "0", "--out-dir", str(tmp_path / "none")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert report.stdout.startswith("button-press-v3, noise 0.0: expert success 2/2, ")
+    assert not (tmp_path / "none").exists()
     bad = subprocess.run([sys.executable, "script/dataset/make_metaworld_demos.py", "--task", "hopper"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and bad.stderr.strip().startswith("error: task hopper is a gym task")

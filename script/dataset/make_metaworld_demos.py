@@ -11,7 +11,8 @@ at success or at the task's time limit.
 Writes `<out_dir>/train.npz` (states (N, 39), actions (N, 4), rewards, terminals, traj_lengths) and
 `<out_dir>/metadata.json` (the expert's success rate over the attempts, noise, seed, command).
 
-    python script/dataset/make_metaworld_demos.py --task pick_place --n-demos 15 --noise 0.3
+    python script/dataset/make_metaworld_demos.py --task pick_place --n-demos 10 --noise 0.3
+    python script/dataset/make_metaworld_demos.py --task pick_place --evaluate-expert 50 --noise 0   # writes nothing
 """
 
 import argparse
@@ -80,6 +81,21 @@ def make_demos(env_id: str, env_kwargs: dict, n_demos: int, max_attempts: int, n
     return data, expert_stats
 
 
+def evaluate_expert(env_id: str, env_kwargs: dict, n_episodes: int, noise: float, seed: int) -> str:
+    """The expert's success rate over `n_episodes` episodes (seed, seed + 1, ...), its mean episode length and env
+    steps/s (the expert's own computation included), as one line."""
+    env = MetaWorldEnv(env_id, seed=seed, **env_kwargs)
+    expert = expert_policy(env_id)
+    rng = np.random.default_rng(seed)
+    start = time.time()
+    outcomes = [record_episode(env, expert, noise, rng, seed + i) for i in range(n_episodes)]
+    env.close()
+    steps = sum(len(episode["actions"]) for episode, _ in outcomes)
+    successes = sum(success for _, success in outcomes)
+    return (f"{env_id}, noise {noise}: expert success {successes}/{n_episodes}, {steps / n_episodes:.0f} steps per episode, "
+            f"{steps / (time.time() - start):.0f} env steps/s")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True, help="a task of cfg/task with env.family metaworld")
@@ -88,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--noise", type=float, default=0.3, help="std of the Gaussian noise on every action")
     parser.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i; the noise too")
     parser.add_argument("--out-dir", default=None, help="default: the task's dataset_dir")
+    parser.add_argument("--evaluate-expert", type=positive_int, default=None, metavar="N",
+                        help="only run the (noisy) expert for N episodes and print its success rate; write nothing")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
@@ -98,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.noise < 0:
             raise ValueError(f"--noise {args.noise} must be >= 0.")
         env_kwargs = dict(task_cfg.env.get("kwargs") or {})
+        if args.evaluate_expert:
+            print(evaluate_expert(task_cfg.env.id, env_kwargs, args.evaluate_expert, args.noise, args.seed))
+            return
         data, expert = make_demos(task_cfg.env.id, env_kwargs, args.n_demos, args.max_attempts, args.noise, args.seed)
     except (ConfigError, ValueError, ImportError) as error:
         sys.exit(f"error: {error}")
