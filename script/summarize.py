@@ -17,8 +17,10 @@ steps and wall time are those of the last training row; env steps/s is the mean 
 the rollout phase's `train/env_steps_per_s`.
 When every run's task file (cfg/task/<env_name>.yaml) gives D4RL's reference returns
 (`demo.random_return`, `demo.reference_return`), the final eval return is also given as D4RL's
-normalized score, 100 (R - random) / (reference - random). --evals-csv writes every evaluation of
-every run (label, run, seed, iteration, env steps, wall time, return and its std over episodes).
+normalized score, 100 (R - random) / (reference - random). When every run logs an evaluation success
+rate (manipulation tasks), the table gives the initial, final and best success rate instead of returns.
+--evals-csv writes every evaluation of every run (label, run, seed, iteration, env steps, wall time,
+return and its std over episodes).
 """
 
 import argparse
@@ -31,22 +33,31 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dppo.sweep import config_value, is_sweep_dir, read_metrics, run_summary, saved_config, write_summary  # noqa: E402
+from dppo.sweep import (  # noqa: E402
+    config_value,
+    is_sweep_dir,
+    read_metrics,
+    run_summary,
+    saved_config,
+    success_key,
+    write_summary,
+)
 
 COLUMNS = ("initial eval return", "final eval return", "best eval return", "env steps", "wall time (min)", "rollout env steps/s")
 SCORE_COLUMN = "final D4RL score"
+SUCCESS_COLUMNS = ("initial eval success", "final eval success", "best eval success")
 TASK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfg", "task")
 EVAL_COLUMNS = ("label", "run", "seed", "iteration", "env steps", "wall time (min)", "eval return", "eval return std",
                 "episodes")
 
 
-def format_cell(values: list[float]) -> str:
-    """`mean`, or `mean +- std (v1, v2, ...)` over several runs (sample std, ddof 1)."""
+def format_cell(values: list[float], digits: int = 1) -> str:
+    """`mean`, or `mean +- std (v1, v2, ...)` over several runs (sample std, ddof 1), with `digits` decimals."""
     mean = float(np.mean(values))
     if len(values) == 1:
-        return f"{mean:,.1f}"
+        return f"{mean:,.{digits}f}"
     std = float(np.std(values, ddof=1))
-    return f"{mean:,.1f} ± {std:,.1f} ({', '.join(f'{v:,.1f}' for v in values)})"
+    return f"{mean:,.{digits}f} ± {std:,.{digits}f} ({', '.join(f'{v:,.{digits}f}' for v in values)})"
 
 
 def d4rl_references(run: str) -> tuple[float, float] | None:
@@ -67,28 +78,37 @@ def d4rl_score(episode_return: float, references: tuple[float, float]) -> float:
 
 
 def finetuning_summary(run: str) -> dict:
-    """The COLUMNS of one fine-tuning run."""
-    summary = run_summary(read_metrics(run))
+    """The COLUMNS of one fine-tuning run, and its SUCCESS_COLUMNS when it logs a success rate."""
+    rows = read_metrics(run)
+    summary = run_summary(rows)
     if any(summary[column] is None for column in COLUMNS):
         raise SystemExit(f"{run} has no evaluation or no training row yet: summarize finished fine-tuning runs.")
+    key = success_key(rows)
+    if key is not None:
+        rates = [row[key] for row in rows if key in row]
+        summary.update(zip(SUCCESS_COLUMNS, (rates[0], rates[-1], max(rates))))
     return summary
 
 
 def summary_table(runs: list[str], labels: list[str]) -> str:
-    """Markdown table, one row per label; a D4RL score column when every run's task has references."""
+    """Markdown table, one row per label; a D4RL score column when every run's task has references; the eval
+    success rate (2 decimals) instead of the return when every run logs one (manipulation tasks)."""
     references = [d4rl_references(run) for run in runs]
+    summaries = [finetuning_summary(run) for run in runs]
     columns = list(COLUMNS)
-    if all(references):
+    if all(SUCCESS_COLUMNS[0] in summary for summary in summaries):
+        columns = [*SUCCESS_COLUMNS, *COLUMNS[3:]]
+    elif all(references):
         columns.insert(2, SCORE_COLUMN)
-    groups: dict[str, list[dict]] = {}
-    for run, label, reference in zip(runs, labels, references):
-        summary = finetuning_summary(run)
-        if reference:
+        for summary, reference in zip(summaries, references):
             summary[SCORE_COLUMN] = d4rl_score(summary["final eval return"], reference)
+    groups: dict[str, list[dict]] = {}
+    for summary, label in zip(summaries, labels):
         groups.setdefault(label, []).append(summary)
     lines = ["| run | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for label, summaries in groups.items():
-        cells = [format_cell([s[column] for s in summaries]) for column in columns]
+        cells = [format_cell([s[column] for s in summaries], 2 if column in SUCCESS_COLUMNS else 1)
+                 for column in columns]
         lines.append(f"| {label} | {len(summaries)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

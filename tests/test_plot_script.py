@@ -207,3 +207,19 @@ def test_sweep_labels_keep_the_overrides_that_differ_except_seed(tmp_path):
         write_job(sweep, num, tmp_path / f"run{num}", [f"train.actor_lr={lr}", f"seed={seed}", "wandb=null"])
     assert expand_runs([str(sweep)])[1] == ["hopper_ft_ppo train.actor_lr=0.0001", "hopper_ft_ppo train.actor_lr=0.0001",
                                            "hopper_ft_ppo train.actor_lr=0.001"]
+
+
+def test_summary_of_manipulation_runs_gives_the_success_rate_to_two_decimals(tmp_path):
+    for seed, rates in [(0, [0.5, 0.75, 0.625]), (1, [0.25, 0.5, 0.875])]:
+        rows = [{"step": 0, "eval/episode_return": rates[0], "eval/success_rate": rates[0]}]
+        for step, rate in enumerate(rates[1:], start=1):
+            rows += [{"step": step, "train/env_steps": 100.0 * step, "train/wall_time": 60.0 * step,
+                      "train/env_steps_per_s": 10.0},
+                     {"step": step, "eval/episode_return": rate, "eval/success_rate": rate}]
+        write_run(tmp_path / f"s{seed}", rows, name="pick_place_ft", env_name="pick_place", seed=seed)
+    header, _, row = summary_table([str(tmp_path / "s0"), str(tmp_path / "s1")], ["pick"] * 2).splitlines()
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    assert "final eval return" not in cells
+    assert cells["initial eval success"] == "0.38 ± 0.18 (0.50, 0.25)"
+    assert cells["final eval success"] == "0.75 ± 0.18 (0.62, 0.88)"
+    assert cells["best eval success"] == "0.81 ± 0.09 (0.75, 0.88)"
