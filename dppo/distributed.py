@@ -203,6 +203,14 @@ def any_rank(flag: bool, rank: Rank) -> bool:
     return bool(value.item())
 
 
+PEER_FAILURE_MARKS = ("Connection closed by peer", "Connection reset by peer", "NCCL", "gloo")
+
+
+def peer_failure(error: BaseException) -> bool:
+    """Whether `error` is a collective that failed because another rank of the job went away."""
+    return isinstance(error, dist.DistError) or any(mark in str(error) for mark in PEER_FAILURE_MARKS)
+
+
 def close_distributed() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_initialized():

@@ -37,7 +37,7 @@ if __name__ == "__main__":  # tcmalloc where installed (dppo/allocator.py): re-e
     use_tcmalloc()
 
 from dppo.config import ConfigError, register_resolvers, startup_error_line, validate_config  # noqa: E402
-from dppo.distributed import adopt_slurm_tasks, world_size  # noqa: E402
+from dppo.distributed import adopt_slurm_tasks, peer_failure, world_size  # noqa: E402
 from dppo.divergence import NonFiniteError  # noqa: E402
 from dppo.runtime import job_threads, parallel_jobs, set_threads  # noqa: E402
 from dppo.sweep import in_multirun, record_job  # noqa: E402
@@ -96,6 +96,12 @@ def main(cfg: DictConfig) -> None:
         agent.run()
     except NonFiniteError as error:
         fail(str(error))
+    except RuntimeError as error:
+        if world_size() == 1 or not peer_failure(error):
+            raise
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        fail(f"Rank {os.environ.get('RANK', '?')} stopped: another process of this job went away ({first_line[:160]}); "
+             "its own error, and torchrun's summary, say why. The last checkpoint resumes the run with resume=auto.")
 
 
 if __name__ == "__main__":

@@ -166,7 +166,10 @@ def test_a_rank_that_dies_ends_the_job(tiny_policies, tmp_path):
         if job.poll() is None:
             job.kill()
     assert job.returncode != 0
-    assert "script/run.py FAILED" in stderr and "Signal 9 (SIGKILL)" in stderr
+    assert "script/run.py FAILED" in stderr and "Signal 9 (SIGKILL)" in stderr, "torchrun names the dead rank"
+    survivor = [line for line in stderr.splitlines() if line.startswith("Rank 0 stopped: another process")]
+    assert len(survivor) == 1, stderr[-3000:]
+    assert "/agent/finetune/" not in stderr, "the surviving rank says one line, no traceback"
 
 
 def metric_steps_or_none(run_dir):
