@@ -21,7 +21,7 @@ pytest.importorskip("metaworld")
 from env.metaworld_env import MetaWorldEnv, expert_policy  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TASKS = ["button_press", "drawer_open", "door_open", "pick_place", "peg_insert_side"]
+TASKS = ["button_press", "drawer_open", "door_open", "pick_place", "peg_insert_side", "hammer"]
 
 
 def expert_episode(env: MetaWorldEnv, seed: int) -> tuple[list[float], bool, bool, dict]:
