@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -206,3 +207,21 @@ def test_sigterm_checkpoints_the_iteration_and_the_same_command_continues(tiny_p
     again = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert metric_steps(run_dir) == [1, 2, 3, 4, 5, 6], "each step logged once"
+
+
+def test_a_run_outside_the_main_thread_runs_without_stop_signals(tiny_policies, tmp_path):
+    """Some launchers run jobs in threads, where Python installs no signal handlers."""
+    errors = []
+
+    def job():
+        try:
+            run_config("ft_ppo_diffusion_mlp", update_overrides(tiny_policies, tmp_path / "run", 2, [
+                "train.n_train_itr=1", "train.batch_size=4", "train.update_epochs=1", "denoising_steps=5",
+                "ft_denoising_steps=2"]))
+        except Exception as error:  # reported to the test's thread
+            errors.append(error)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join(timeout=120)
+    assert not errors and metric_steps(tmp_path / "run") == [1]

@@ -34,6 +34,7 @@ checkpoint; the same command line with `resume=auto` continues it.
 
 import os
 import signal
+import threading
 import time
 
 import hydra
@@ -143,8 +144,9 @@ class FinetuneAgent:
                 set_seed(self.cfg.seed + self.rank.rank)  # each rank samples its own exploration noise
         if self.resume_path is not None:
             self.load(self.resume_path)
-        for stop_signal in STOP_SIGNALS:
-            signal.signal(stop_signal, self.request_stop)
+        if threading.current_thread() is threading.main_thread():  # Python installs handlers there only
+            for stop_signal in STOP_SIGNALS:
+                signal.signal(stop_signal, self.request_stop)
         if not self.rank.is_main:
             return
         prepare_run_dir(self.logdir, self.cfg)
