@@ -60,10 +60,11 @@ def register_resolvers() -> None:
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfg")
 
 
-def task_names() -> list[str]:
-    """The tasks in cfg/task/, by file name."""
-    return sorted(name[: -len(".yaml")] for name in os.listdir(os.path.join(CONFIG_DIR, "task"))
-                  if name.endswith(".yaml"))
+def task_names(family: str | None = None) -> list[str]:
+    """The tasks in cfg/task/, by file name; with `family`, those whose env.family it is."""
+    names = sorted(name[: -len(".yaml")] for name in os.listdir(os.path.join(CONFIG_DIR, "task"))
+                   if name.endswith(".yaml"))
+    return names if family is None else [name for name in names if load_task_config(name).env.family == family]
 
 
 def load_task_config(task: str) -> DictConfig:

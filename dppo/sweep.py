@@ -22,6 +22,7 @@ JOB_FILE = "job.json"
 SUMMARY_COLUMNS = ("job", "task", "config", "seed", "initial eval return", "final eval return", "best eval return",
                    "final success rate", "final loss", "env steps", "wall time (min)", "run dir")
 SECONDS_PER_MINUTE = 60.0
+X_KEYS = {"env_steps": "train/env_steps", "wall_time": "train/wall_time"}  # an x-axis of curves and its metric
 
 
 def in_multirun() -> bool:
@@ -101,6 +102,22 @@ def config_value(run_dir: str, key: str):
             raise SystemExit(f"{run_dir}/config.yaml has no `{key}`: pass a key of the runs' resolved config.")
         value = value[part]
     return value
+
+
+def config_label(run_dir: str, keys: list[str]) -> str:
+    """A run's label from keys of its config.yaml, their values joined by spaces (e.g. 'hopper ppo diffusion')."""
+    return " ".join(str(config_value(run_dir, key)) for key in keys)
+
+
+def x_by_step(rows: list[dict], x: str) -> dict[int, float]:
+    """The x value of every iteration: the iteration itself (`step`), or the env steps / wall minutes reached after
+    it (`env_steps` / `wall_time`, read from the training rows; 0 at step 0)."""
+    if x == "step":
+        return {row["step"]: float(row["step"]) for row in rows}
+    scale = SECONDS_PER_MINUTE if x == "wall_time" else 1.0
+    values = {0: 0.0}
+    values.update({row["step"]: row[X_KEYS[x]] / scale for row in rows if X_KEYS[x] in row})
+    return values
 
 
 def last(rows: list[dict], key: str) -> float | None:

@@ -30,14 +30,23 @@ from matplotlib.figure import Figure
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dppo.sweep import config_value, is_sweep_dir, job_labels, read_metrics, saved_config, success_key, sweep_jobs  # noqa: E402
+from dppo.sweep import (  # noqa: E402
+    X_KEYS,
+    config_label,
+    config_value,
+    is_sweep_dir,
+    job_labels,
+    read_metrics,
+    saved_config,
+    success_key,
+    sweep_jobs,
+    x_by_step,
+)
 
 RETURN_KEY = "eval/episode_return"
 LOSS_KEYS = ["train/loss", "train/pg_loss", "train/value_loss"]
 DEFAULT_X = ["env_steps", "wall_time"]
-X_KEYS = {"env_steps": "train/env_steps", "wall_time": "train/wall_time"}
 X_LABELS = {"step": "iteration", "env_steps": "environment steps", "wall_time": "wall time (min)"}
-SECONDS_PER_MINUTE = 60.0
 SPREAD = "min-max"
 
 
@@ -58,16 +67,6 @@ def expand_runs(paths: list[str]) -> tuple[list[str], list[str]]:
 def env_steps_by_step(rows: list[dict]) -> dict[int, float]:
     """Environment steps taken after each iteration, from the training rows; 0 before the first."""
     return x_by_step(rows, "env_steps")
-
-
-def x_by_step(rows: list[dict], x: str) -> dict[int, float]:
-    """The x value of every iteration: the iteration itself, or env steps / wall minutes after it (0 at step 0)."""
-    if x == "step":
-        return {row["step"]: float(row["step"]) for row in rows}
-    scale = SECONDS_PER_MINUTE if x == "wall_time" else 1.0
-    values = {0: 0.0}
-    values.update({row["step"]: row[X_KEYS[x]] / scale for row in rows if X_KEYS[x] in row})
-    return values
 
 
 def group_curve(runs_rows: list[list[dict]], key: str, x: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -159,7 +158,7 @@ def main() -> None:
                                  f"got {len(args.labels)}.")
             labels = args.labels
         if args.label_by is not None:
-            labels = [" ".join(str(config_value(run, key)) for key in args.label_by) for run in runs]
+            labels = [config_label(run, args.label_by) for run in runs]
         facets = [str(config_value(run, args.facet)) for run in runs] if args.facet else None
         figure = plot_runs(runs, labels, args.keys, args.x, facets)
     except FileNotFoundError as error:

@@ -99,8 +99,8 @@ def main(cfg: DictConfig) -> None:
     except RuntimeError as error:
         if world_size() == 1 or not peer_failure(error):
             raise
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        fail(f"Rank {os.environ.get('RANK', '?')} stopped: another process of this job went away ({first_line[:160]}); "
+        fail(f"Rank {os.environ.get('RANK', '?')} stopped: another process of this job went away "
+             f"({startup_error_line(error)[:160]}); "
              "its own error, and torchrun's summary, say why. The last checkpoint resumes the run with resume=auto.")
 
 

@@ -34,13 +34,14 @@ from omegaconf import OmegaConf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dppo.sweep import (  # noqa: E402
-    config_value,
+    config_label,
     is_sweep_dir,
     read_metrics,
     run_summary,
     saved_config,
     success_key,
     write_summary,
+    x_by_step,
 )
 
 COLUMNS = ("initial eval return", "final eval return", "best eval return", "env steps", "wall time (min)", "rollout env steps/s")
@@ -120,14 +121,12 @@ def write_evals_csv(runs: list[str], labels: list[str], path: str) -> None:
         writer.writerow(EVAL_COLUMNS)
         for run, label in zip(runs, labels):
             rows = read_metrics(run)
-            reached = {0: (0.0, 0.0)}
-            reached.update({row["step"]: (row["train/env_steps"], row["train/wall_time"] / 60.0)
-                            for row in rows if "train/env_steps" in row})
+            env_steps, minutes = x_by_step(rows, "env_steps"), x_by_step(rows, "wall_time")
             seed = saved_config(run).get("seed")
             for row in rows:
                 if "eval/episode_return" in row:
-                    env_steps, wall_minutes = reached.get(row["step"], (None, None))
-                    writer.writerow([label, os.path.normpath(run), seed, row["step"], env_steps, wall_minutes,
+                    writer.writerow([label, os.path.normpath(run), seed, row["step"], env_steps.get(row["step"]),
+                                     minutes.get(row["step"]),
                                      row["eval/episode_return"], row.get("eval/episode_return_std"),
                                      row.get("eval/n_episodes")])
 
@@ -149,7 +148,7 @@ def main() -> None:
         return
     labels = args.labels or [os.path.basename(os.path.normpath(run)) for run in args.runs]
     if args.label_by is not None:
-        labels = [" ".join(str(config_value(run, key)) for key in args.label_by) for run in args.runs]
+        labels = [config_label(run, args.label_by) for run in args.runs]
     if len(labels) != len(args.runs):
         raise SystemExit(f"--labels needs one label per run ({len(args.runs)}), got {len(labels)}.")
     try:

@@ -212,20 +212,17 @@ class FinetuneAgent:
         return self.itr >= self.cfg.train.n_critic_warmup_itr
 
     def actor_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Step the actor after critic warm-up: gradients averaged over the ranks, then clipped to `max_grad_norm`
-        when set."""
-        if not self.update_actor:
-            return
+        """Step the actor after critic warm-up, its gradients clipped to `max_grad_norm` when set."""
+        if self.update_actor:
+            self.optimizer_step(optimizer, self.cfg.train.max_grad_norm)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, max_grad_norm: float | None = None) -> None:
+        """One step of `optimizer` (a critic's as it is; the actor's through `actor_step`): its gradients averaged
+        over the ranks, then clipped to `max_grad_norm` when given."""
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         average_gradients(parameters, self.rank)
-        max_grad_norm = self.cfg.train.max_grad_norm
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-        optimizer.step()
-
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """A critic's step: its gradients averaged over the ranks first."""
-        average_gradients([p for group in optimizer.param_groups for p in group["params"]], self.rank)
         optimizer.step()
 
     # ---- random draws of an update, shared by the ranks ------------------------------------------

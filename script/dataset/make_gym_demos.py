@@ -67,11 +67,6 @@ class ExpertProgress:
               f"{(time.time() - self.start) / 60:.1f} min", flush=True)
 
 
-
-def gym_task_names() -> list[str]:
-    """The tasks of cfg/task whose env.family is gym."""
-    return [task for task in task_names() if load_task_config(task).env.family == "gym"]
-
 def train_expert(env_id: str, algo: str, hyperparameters: dict, target_return: float | None, max_steps: int,
                  seed: int, n_envs: int = 1):
     """Train an SB3 expert (PPO, SAC or TD3, MlpPolicy, observations normalized by VecNormalize) on a gymnasium
@@ -170,7 +165,7 @@ def parse_hyperparameters(text: str) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, help=f"a task of cfg/task with env.family gym ({', '.join(gym_task_names())})")
+    parser.add_argument("--task", required=True, help=f"a task of cfg/task with env.family gym ({', '.join(task_names('gym'))})")
     parser.add_argument("--algo", default="PPO", choices=EXPERT_ALGOS, help="the SB3 algorithm of the expert")
     parser.add_argument("--expert-hparams", default="{}", type=parse_hyperparameters,
                         help="JSON keyword arguments of the SB3 algorithm, e.g. RL-Zoo's tuned settings")

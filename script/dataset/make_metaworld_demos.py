@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         task_cfg = load_task_config(args.task)
         if task_cfg.env.family != "metaworld":
             raise ValueError(f"task {args.task} is a {task_cfg.env.family} task: this script makes demos of metaworld "
-                             f"tasks ({', '.join(t for t in task_names() if load_task_config(t).env.family == 'metaworld')}).")
+                             f"tasks ({', '.join(task_names('metaworld'))}).")
         if args.noise < 0:
             raise ValueError(f"--noise {args.noise} must be >= 0.")
         env_kwargs = dict(task_cfg.env.get("kwargs") or {})
