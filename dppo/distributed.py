@@ -212,6 +212,8 @@ def peer_failure(error: BaseException) -> bool:
 
 
 def close_distributed() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one, once every rank has come to leave it: a rank that
+    tore its group down while another still finished (rank 0 writing its curves) could abort in gloo's threads."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
