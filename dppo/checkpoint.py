@@ -9,10 +9,11 @@ leaves the previous checkpoint intact.
 import os
 import pickle
 import random
-import tempfile
 
 import numpy as np
 import torch
+
+from dppo.paths import atomic_write
 
 ARCHITECTURE_FIX = (
     "the checkpoint's architecture differs from the config: match the config's model dims to the checkpoint "
@@ -26,21 +27,8 @@ class UnsafeCheckpointError(ValueError):
 
 def save_checkpoint(path: str, state: dict) -> None:
     """Write `state` to `path` atomically (temporary file, fsync, rename); creates parent dirs."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes the file private (0600); a checkpoint is a normal file
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.remove(tmp_path)
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from dppo.paths import atomic_write
+
 WANDB_KEYS = ("project", "entity", "mode", "group", "name")
 MAX_DEFAULT_PLOTS = 12
 
@@ -66,10 +68,8 @@ class MetricLogger:
                 self.history = kept
             for row in self.history:
                 self.keys.update(dict.fromkeys(key for key in row if key != "step"))
-        tmp_path = self.jsonl_path + ".tmp"
-        with open(tmp_path, "w") as f:
+        with atomic_write(self.jsonl_path) as f:
             f.writelines(json.dumps(row) + "\n" for row in self.history)
-        os.replace(tmp_path, self.jsonl_path)
         self._rewrite_csv()
         self.run = None
         if wandb_cfg is not None:
@@ -126,12 +126,10 @@ class MetricLogger:
 
     def _rewrite_csv(self) -> None:
         """Write metrics.csv from the whole history, with a column for every key seen (atomic)."""
-        tmp_path = self.csv_path + ".tmp"
-        with open(tmp_path, "w", newline="") as f:
+        with atomic_write(self.csv_path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["step", *sorted(self.keys)], restval="")
             writer.writeheader()
             writer.writerows(self.history)
-        os.replace(tmp_path, self.csv_path)
 
     def log(self, metrics: dict, step: int, prefix: str | None = None) -> None:
         """Record scalar `metrics` at `step`; keys become `"{prefix}/{key}"` when `prefix` is given."""
@@ -178,9 +176,8 @@ class MetricLogger:
         if not panels:
             axes[0].text(0.5, 0.5, "no metrics logged yet", ha="center", va="center")
         path = os.path.join(self.run_dir, filename)
-        tmp_path = path + ".tmp"
-        fig.savefig(tmp_path, format="png", dpi=100)
-        os.replace(tmp_path, path)
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
         return path
 
     def close(self) -> None:

@@ -17,6 +17,8 @@ import os
 import numpy as np
 import torch
 
+from dppo.paths import atomic_write
+
 RANGE_EPS = 1e-6
 CONSTANT_RANGE = 1e-6  # a dimension whose dataset range is at most this is constant
 OBS_CLIP = 5.0  # normalized observations are clipped to [-OBS_CLIP, OBS_CLIP]
@@ -76,9 +78,9 @@ class MinMaxNormalizer:
             return cls(*(data[k] for k in cls.KEYS))
 
     def save(self, path: str) -> None:
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, **self.stats)
-        os.replace(tmp, path)
+        """Write the statistics to `path` (.npz) atomically: concurrent jobs may write the same file."""
+        with atomic_write(path, "wb") as f:
+            np.savez(f, **self.stats)
 
     @property
     def obs_dim(self) -> int:

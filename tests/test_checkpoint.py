@@ -17,6 +17,7 @@ from dppo.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from dppo.paths import atomic_write
 
 
 def test_save_load_round_trip_creates_parent_dirs(tmp_path):
@@ -144,3 +145,15 @@ def test_saved_checkpoint_has_the_permissions_of_a_normal_file(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_atomic_write_leaves_no_temporary_and_keeps_the_old_file_on_error(tmp_path):
+    path = str(tmp_path / "sub" / "metrics.csv")
+    with atomic_write(path) as f:
+        f.write("old")
+    with pytest.raises(ZeroDivisionError):
+        with atomic_write(path) as f:
+            f.write("partial")
+            1 / 0
+    assert open(path).read() == "old"
+    assert os.listdir(tmp_path / "sub") == ["metrics.csv"]

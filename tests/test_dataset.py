@@ -105,6 +105,25 @@ def test_normalization_file_values_and_round_trip(tmp_path):
     torch.testing.assert_close(saved.normalize_obs(torch_states), torch.as_tensor(saved.normalize_obs(states)))
 
 
+def test_two_jobs_saving_one_normalization_file_at_once_both_succeed(tmp_path, monkeypatch):
+    """Jobs of a sweep that share a dataset write its normalization file at the same moment (CI once lost a
+    job to this): here a second job's whole save lands between the first job's write and its rename."""
+    path = str(tmp_path / "normalization.npz")
+    first = MinMaxNormalizer(obs_min=[0.0], obs_max=[1.0], action_min=[-1.0], action_max=[1.0])
+    second = MinMaxNormalizer(obs_min=[0.0], obs_max=[2.0], action_min=[-1.0], action_max=[1.0])
+    real_savez = np.savez
+
+    def savez_then_other_job_saves(file, **arrays):
+        real_savez(file, **arrays)
+        monkeypatch.setattr(np, "savez", real_savez)
+        second.save(path)
+
+    monkeypatch.setattr(np, "savez", savez_then_other_job_saves)
+    first.save(path)
+    np.testing.assert_array_equal(MinMaxNormalizer.load(path).stats["obs_max"], [1.0])  # the last rename wins
+    assert os.listdir(tmp_path) == ["normalization.npz"]
+
+
 def test_missing_file_names_make_command(tmp_path):
     missing = str(tmp_path / "absent.npz")
     with pytest.raises(FileNotFoundError, match="make data-hopper"):
