@@ -11,6 +11,7 @@ not one module's forward), so one optimizer step is the step of the global batch
 every function here is the single-process identity.
 """
 
+import gc
 import os
 import re
 from contextlib import contextmanager
@@ -213,7 +214,10 @@ def peer_failure(error: BaseException) -> bool:
 
 def close_distributed() -> None:
     """Leave the process group, if this process joined one, once every rank has come to leave it: a rank that
-    tore its group down while another still finished (rank 0 writing its curves) could abort in gloo's threads."""
+    tore its group down while another still finished (rank 0 writing its curves) could abort in gloo's threads.
+    Then it collects garbage: a collective's work object caught in a reference cycle would otherwise be freed at
+    interpreter shutdown, where freeing its tensors can abort the process (pytorch/pytorch#179291)."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        gc.collect()

@@ -11,10 +11,11 @@ Figures (docs/PERFORMANCE.md reads them):
   and 160 envs' observations, in each precision (rollouts sample in the run's), on train.sampling_threads.
 - log_probs: (sample, denoising step) terms per second of `model.log_probs` over one minibatch, no graph.
 - update, per precision (fp32 and bf16, side by side): seconds of `PPOAgent.minibatch_update` (forward,
-  backward, optimizer step) on one minibatch of the config's size, and its roofline in that precision: the
-  time of plain `torch.mm` calls, in that dtype, with the shapes of every Linear layer's forward and backward
-  in that update (actor on B x K' rows, critic on B rows). Their ratio is the fraction of the machine's matmul
-  speed the update reaches; `precision` says which precision the config runs (its default on this machine).
+  backward, optimizer step) on one minibatch of the config's size, and its matmul roofline: every matrix
+  product one such update runs (recorded at dispatch, forward and backward, with its shapes and dtype: bf16
+  autocast keeps the output layers in float32) timed alone as a `torch.mm` and summed. Their ratio is the
+  fraction of the machine's matmul speed the update reaches; `precision` says which precision the config runs
+  (its default on this machine).
 - env: env steps per second of the configured vector env stepping random action chunks and nothing else.
 - iteration, per precision: one whole fine-tuning iteration (`collect_rollout` then `update`), every phase
   timed where it runs (none is a remainder): rollout env_wait (the main process in `step_async` /
@@ -25,7 +26,10 @@ Figures (docs/PERFORMANCE.md reads them):
 - algorithms (with --algorithms): one iteration of DQL, IDQL or DAWR at its paper settings after critic
   warm-up (the actor trains), in the config's precision, with its phases (sampling, env_wait, replay
   sampling, critic and actor loss forwards, backward, optimizer, target updates) and its wall time per env
-  step next to DPPO's iteration in the same precision.
+  step next to DPPO's iteration in the same precision. For DQL and IDQL also the matmul roofline of their
+  update: the products of the first gradient step (recorded as above) timed alone, times the gradient steps;
+  per env step against DPPO's whole iteration, it bounds from below the ratio any implementation of those
+  settings could reach on this machine.
 
 The machine, torch version, threads and config are written with the figures (JSON with --json, a table on
 stdout). CUDA timings synchronize the device around every timed call.
@@ -41,7 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +60,7 @@ if __name__ == "__main__":  # and its allocator (dppo/allocator.py)
 import hydra  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from torch import nn  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from agent.finetune import base as base_module  # noqa: E402
 from agent.finetune import dql as dql_module  # noqa: E402
@@ -69,6 +73,8 @@ from dppo.precision import PRECISIONS, autocast, native_bf16  # noqa: E402
 from dppo.runtime import available_cores, set_threads, torch_threads  # noqa: E402
 
 CONFIG_NAME = "ft_ppo_diffusion_mlp"
+aten = torch.ops.aten
+MATMUL_OPS = (aten.mm, aten.addmm, aten.bmm, aten.baddbmm)
 ALGORITHM_CONFIGS = {"dql": "ft_dql_diffusion_mlp", "idql": "ft_idql_diffusion_mlp", "awr": "ft_awr_diffusion_mlp"}
 FULL = {"sampling_envs": (10, 40, 160), "repeats": 20, "update_repeats": 5, "overrides": [],
         "probe_shape": (50000, 512), "probe_states": 40, "probe_batch": 512}
@@ -190,26 +196,43 @@ def minibatch(model, batch: int, device: str) -> tuple:
     return obs, stored, returns, values, advantages, old_log_probs
 
 
-def linear_shapes(module: nn.Module, rows: int) -> list[tuple[int, int, int]]:
-    """(rows, in_features, out_features) of every Linear layer of `module`."""
-    return [(rows, layer.in_features, layer.out_features) for layer in module.modules() if isinstance(layer, nn.Linear)]
+class MatmulRecorder(TorchDispatchMode):
+    """Counts the matrix products torch runs while it is active, forward and backward, whoever calls them (Linear
+    layers, autograd, the losses): {(m, k, n, dtype): products}, each a (m x k)(k x n) product; a batched product
+    counts once per matrix of the batch. Use as a context manager, or `start()` / `stop()` across calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = Counter()
+        self.active = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in MATMUL_OPS:
+            a, b = args[-2], args[-1]  # mm(a, b), addmm(bias, a, b), bmm(a, b), baddbmm(input, a, b)
+            self.counts[(a.shape[-2], a.shape[-1], b.shape[-1], str(a.dtype).removeprefix("torch."))] += (
+                a.shape[0] if a.dim() == 3 else 1)
+        return func(*args, **(kwargs or {}))
+
+    def start(self) -> None:
+        if not self.active:
+            self.__enter__()
+            self.active = True
+
+    def stop(self) -> None:
+        if self.active:
+            self.__exit__(None, None, None)
+            self.active = False
 
 
-def matmul_seconds(shapes, repeats: int, device: str, dtype: torch.dtype) -> float:
-    """Median time of the forward and backward matmuls of Linear layers with these shapes, in `dtype`: for
-    (M, I, O), (M x I)(I x O) forward, (M x O)(O x I) for the input gradient and (O x M)(M x I) for the weight
-    gradient."""
-    operands = []
-    for rows, n_in, n_out in shapes:
-        x, w, g = (torch.randn(*shape, device=device, dtype=dtype) for shape in ((rows, n_in), (n_in, n_out),
-                                                                                  (rows, n_out)))
-        operands += [(x, w), (g, w.t()), (g.t(), x)]
-
-    def run():
-        for a, b in operands:
-            torch.mm(a, b)
-
-    return median_seconds(run, repeats, device)
+def matmul_seconds(counts: Counter, repeats: int, device: str) -> float:
+    """The matmul roofline of recorded products: for each (m, k, n, dtype), the median time of one `torch.mm` of
+    contiguous random (m x k) and (k x n) matrices in that dtype, times its count; summed."""
+    total = 0.0
+    for (m, k, n, dtype), count in counts.items():
+        a = torch.randn(m, k, device=device, dtype=getattr(torch, dtype))
+        b = torch.randn(k, n, device=device, dtype=a.dtype)
+        total += count * median_seconds(lambda: torch.mm(a, b), repeats, device)
+    return total
 
 
 @contextlib.contextmanager
@@ -229,19 +252,21 @@ def bench_update(agent, repeats: int, device: str) -> dict:
     terms = batch * model.ft_denoising_steps
     with torch.no_grad():
         log_prob_seconds = median_seconds(lambda: model.log_probs(data[0], data[1]), repeats, device)
-    shapes = linear_shapes(model.actor_ft, terms) + linear_shapes(agent.critic, batch)
     state = {name: module.state_dict() for name, module in agent.checkpointed_modules().items()}
     result = {"minibatch_samples": batch, "terms": terms, "log_probs_terms_per_s": terms / log_prob_seconds}
-    for precision, dtype in zip(PRECISIONS, (torch.float32, torch.bfloat16)):
+    for precision in PRECISIONS:
         with running_in(agent, precision):
             update_seconds = median_seconds(lambda: agent.minibatch_update(*data), repeats, device)
+            with MatmulRecorder() as recorder:
+                agent.minibatch_update(*data)
         for name, module in agent.checkpointed_modules().items():  # the same weights for the next precision
             module.load_state_dict(state[name])
-        roofline_seconds = matmul_seconds(shapes, repeats, device, dtype)
+        roofline_seconds = matmul_seconds(recorder.counts, repeats, device)
         result[precision] = {
             "update_seconds": update_seconds,
             "update_terms_per_s": terms / update_seconds,
             "roofline_seconds": roofline_seconds,
+            "matmul_products": sum(recorder.counts.values()),
             "roofline_terms_per_s": terms / roofline_seconds,
             "update_vs_roofline": roofline_seconds / update_seconds,
         }
@@ -418,13 +443,44 @@ def bench_algorithm(name: str, overrides: list[str], device: str) -> dict:
         agent = hydra.utils.get_class(cfg._target_)(cfg)
         try:
             agent.itr = cfg.train.n_critic_warmup_itr  # the actor trains too
+            recorder = record_first_gradient_step(agent)
             result = bench_iteration(agent, device)
+            recorder.stop()
+            del agent.replay_sample
         finally:
             agent.venv.close()
+    if recorder.counts:  # algorithms drawing their batches with replay_sample (DQL, IDQL)
+        step_seconds = matmul_seconds(recorder.counts, FULL["repeats"], device)
+        result["update_roofline"] = {
+            "products_per_gradient_step": sum(recorder.counts.values()),
+            "seconds_per_gradient_step": step_seconds,
+            "seconds": step_seconds * result["gradient_steps"],
+            "seconds_per_env_step": step_seconds * result["gradient_steps"] / result["env_steps"]}
     result["config"] = {"name": ALGORITHM_CONFIGS[name], "overrides": overrides, "n_envs": cfg.env.n_envs,
                         "n_steps": cfg.train.n_steps, "batch_size": cfg.train.batch_size,
                         "replay_ratio": cfg.train.get("replay_ratio"), "denoising_steps": cfg.denoising_steps}
     return result
+
+
+def record_first_gradient_step(agent) -> MatmulRecorder:
+    """A recorder of the matmuls of the agent's first gradient step: it starts at the update's first
+    `replay_sample` call and stops at the second, so one step of critic and actor updates lies in between (the
+    caller stops it after the update too, and deletes the wrapper). Every gradient step has the same products."""
+    recorder = MatmulRecorder()
+    sample = agent.replay_sample
+    calls = 0
+
+    def replay_sample(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            recorder.start()
+        elif calls == 2:
+            recorder.stop()
+        return sample(*args, **kwargs)
+
+    agent.replay_sample = replay_sample
+    return recorder
 
 
 def busy_loop() -> None:
@@ -487,6 +543,9 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
     for result in results["algorithms"].values():
         dppo = results["iteration"][result["precision"]]
         result["per_env_step_vs_dppo"] = result["seconds_per_env_step"] / dppo["seconds_per_env_step"]
+        if "update_roofline" in result:
+            result["update_roofline"]["per_env_step_vs_dppo"] = (result["update_roofline"]["seconds_per_env_step"]
+                                                                 / dppo["seconds_per_env_step"])
     return {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": machine(),
@@ -558,6 +617,11 @@ def table(report: dict) -> str:
         rows += iteration_rows(f"{name} iteration ({result['precision']}, {result['gradient_steps']} gradient steps)",
                                result)
         rows.append((f"  {name} / DPPO, time per env step", f"{result['per_env_step_vs_dppo']:.2f}"))
+        if "update_roofline" in result:
+            roofline = result["update_roofline"]
+            rows.append((f"  {name} update's matmul roofline alone", f"{roofline['seconds']:.2f} s "
+                         f"({roofline['seconds_per_gradient_step'] * 1e3:.1f} ms per gradient step), "
+                         f"{roofline['per_env_step_vs_dppo']:.2f}x DPPO's whole iteration per env step"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 

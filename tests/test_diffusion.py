@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.common.embedding import embed_distinct_steps, time_embedding_mlp
 from model.common.mlp import MLP, ResidualMLP
 from model.diffusion.diffusion import DiffusionModel
 from model.diffusion.mlp import DiffusionMLP
@@ -350,3 +351,18 @@ def test_training_reduces_denoising_loss_tenfold():
         loss.backward()
         optimizer.step()
     assert fixed_draw_loss() < initial / 10
+
+
+def test_embedding_each_distinct_step_once_gives_the_rows_and_gradients_of_embedding_every_row():
+    torch.manual_seed(0)
+    embedding = time_embedding_mlp(16, hidden_mult=2)
+    t = torch.arange(9, -1, -1).repeat(50)  # a minibatch of 50 samples x 10 denoising steps
+    once = embed_distinct_steps(embedding, t)
+    (once * torch.linspace(-1, 1, 16)).sum().backward()
+    grads_once = [p.grad.clone() for p in embedding.parameters()]
+    embedding.zero_grad()
+    every_row = embedding(t)
+    (every_row * torch.linspace(-1, 1, 16)).sum().backward()
+    torch.testing.assert_close(once, every_row, rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads_once, (p.grad for p in embedding.parameters())):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

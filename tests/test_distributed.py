@@ -34,7 +34,8 @@ def pretrain_both_ways(config_name, tmp_path):
     write_hopper_dataset(dataset_dir, n_episodes=N_EPISODES)
     single = tmp_path / "single"
     run_config(config_name, OVERRIDES + [f"dataset_dir={dataset_dir}", f"logdir={single}"])
-    env = dict(os.environ, DPPO_LOG_DIR=str(tmp_path / "log"), OMP_NUM_THREADS="1")
+    env = dict(os.environ, DPPO_LOG_DIR=str(tmp_path / "log"), OMP_NUM_THREADS="1",
+               PYTHONFAULTHANDLER="1")  # a rank that aborts prints its Python stacks
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              "script/run.py", f"--config-name={config_name}", f"dataset_dir={dataset_dir}", *OVERRIDES],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

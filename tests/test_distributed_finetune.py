@@ -20,7 +20,8 @@ from dppo.distributed import first_slurm_host
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESS = os.path.join(REPO, "tests", "finetune_update_harness.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
+# PYTHONFAULTHANDLER: a rank that aborts (SIGABRT) prints every thread's Python stack, so a failure says where
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
 # float32: under bf16 the shards' gradients would be rounded over other row sums than the whole minibatch's.
 EXACT = dict(rtol=1e-5, atol=1e-6)
 N_ENVS = 4  # one process's envs; each of the 2 ranks steps 2

@@ -109,7 +109,7 @@ def test_bench_tiny_mode_reports_every_figure(tmp_path):
     for precision in ("fp32", "bf16"):
         figures = update[precision]
         assert figures["update_terms_per_s"] == pytest.approx(update["terms"] / figures["update_seconds"])
-        assert 0 < figures["update_vs_roofline"]
+        assert 0 < figures["update_vs_roofline"] and figures["matmul_products"] > 0
     assert report["precision"] in ("fp32", "bf16")
     probes = report["probes"]
     assert min(probes["elementwise_ms"].values()) > 0 and min(probes["adamw_step_ms"].values()) > 0
@@ -140,6 +140,33 @@ def test_bench_tiny_mode_reports_every_figure(tmp_path):
         assert iteration["rollout_vs_bound"] > 0 if name in ("fp32", "bf16") else iteration["per_env_step_vs_dppo"] > 0
     assert report["iteration"]["fp32"]["calls"]["sampling"] == 3  # one explore per chunk-step, 3 chunk-steps
     assert report["algorithms"]["dql"]["calls"]["target_update"] == report["algorithms"]["dql"]["gradient_steps"]
+    for name in ("dql", "idql"):  # the first gradient step's matmuls, times the steps
+        roofline = report["algorithms"][name]["update_roofline"]
+        assert roofline["products_per_gradient_step"] > 0
+        assert roofline["seconds"] == pytest.approx(roofline["seconds_per_gradient_step"]
+                                                    * report["algorithms"][name]["gradient_steps"])
+        assert roofline["per_env_step_vs_dppo"] > 0
+    assert "update_roofline" not in report["algorithms"]["awr"]  # AWR draws no replay_sample batches
+
+
+def test_matmul_recorder_counts_the_products_of_forward_and_backward():
+    """A Linear layer's forward and backward are three products: (B x I)(I x O), the input gradient
+    (B x O)(O x I) and the weight gradient (O x B)(B x I); under bf16 autocast in bfloat16; a batched product
+    counts once per matrix."""
+    layer = torch.nn.Linear(5, 3)
+    x = torch.randn(7, 5, requires_grad=True)
+    with bench.MatmulRecorder() as recorder:
+        layer(x).sum().backward()
+    assert recorder.counts == {(7, 5, 3, "float32"): 1, (7, 3, 5, "float32"): 1, (3, 7, 5, "float32"): 1}
+    with bench.MatmulRecorder() as recorder, torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        layer(x)
+        torch.bmm(torch.randn(2, 4, 6), torch.randn(2, 6, 3))
+    assert recorder.counts == {(7, 5, 3, "bfloat16"): 1, (4, 6, 3, "bfloat16"): 2}
+    recorder.start()
+    torch.mm(torch.randn(2, 2), torch.randn(2, 2))
+    recorder.stop()
+    torch.mm(torch.randn(2, 2), torch.randn(2, 2))  # after stop: not counted
+    assert recorder.counts[(2, 2, 2, "float32")] == 1
 
 
 def test_phase_clock_counts_nested_calls_once_and_restores_what_it_wrapped():

@@ -35,3 +35,13 @@ def time_embedding_mlp(time_dim: int, hidden_mult: int) -> nn.Sequential:
         nn.Mish(),
         nn.Linear(time_dim * hidden_mult, time_dim),
     )
+
+
+def embed_distinct_steps(embedding: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """embedding(t) for t: (B,) steps -> (B, dim), running `embedding` once per distinct step and gathering.
+
+    A PPO minibatch of B samples x K' denoising steps holds only K' distinct steps in its B * K' rows, so the
+    embedding MLP and its backward run on K' rows instead of B * K'; rows are the same as embedding(t)'s.
+    """
+    steps, index = torch.unique(t, return_inverse=True)
+    return embedding(steps)[index]

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from model.common.embedding import time_embedding_mlp
+from model.common.embedding import embed_distinct_steps, time_embedding_mlp
 from model.common.mlp import make_mlp
 from model.common.obs_encoder import obs_encoder_or_flatten
 
@@ -41,6 +41,6 @@ class DiffusionMLP(nn.Module):
     def denoise(self, x: torch.Tensor, t: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """x: (B, Ta, Da), t: (B,) steps or a 0-dim step shared by every row, features: (B, F) -> (B, Ta, Da)."""
         batch = x.shape[0]
-        time_features = self.time_embedding(t.view(-1)).expand(batch, -1)
+        time_features = embed_distinct_steps(self.time_embedding, t.view(-1)).expand(batch, -1)
         h = torch.cat([x.reshape(batch, -1), time_features, features], dim=-1)
         return self.mlp(h).view(batch, self.horizon_steps, self.action_dim)

@@ -4,7 +4,7 @@ import einops
 import torch
 from torch import nn
 
-from model.common.embedding import time_embedding_mlp
+from model.common.embedding import embed_distinct_steps, time_embedding_mlp
 from model.common.obs_encoder import obs_encoder_or_flatten
 
 
@@ -132,7 +132,7 @@ class DiffusionUNet1D(nn.Module):
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """x: (B, Ta, Da), t: (B,) steps or a 0-dim step shared by every row, features: (B, F) -> (B, Ta, Da)."""
-        time_features = self.time_embedding(t.view(-1)).expand(x.shape[0], -1)
+        time_features = embed_distinct_steps(self.time_embedding, t.view(-1)).expand(x.shape[0], -1)
         global_cond = torch.cat([time_features, features], dim=-1)
         h = einops.rearrange(x, "b t a -> b a t")
         skips = []
