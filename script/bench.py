@@ -51,7 +51,9 @@ from datetime import datetime
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # script/run.py's default, so the bench measures it
+from dppo.openmp import set_openmp_wait_defaults  # noqa: E402
+
+set_openmp_wait_defaults()  # script/run.py's, so the bench measures them
 if __name__ == "__main__":  # and its allocator (dppo/allocator.py)
     from dppo.allocator import use_tcmalloc
 
@@ -551,6 +553,7 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
         "machine": machine(),
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "allocator": loaded_allocator(),
         "busy_processes": busy,
         "device": device,
@@ -578,8 +581,9 @@ def iteration_rows(label: str, iteration: dict) -> list[tuple[str, str]]:
 
 def table(report: dict) -> str:
     update, env = report["update"], report["env"]
-    rows = [("threads / busy processes / OMP_WAIT_POLICY / allocator",
-             f"{report['threads']} / {report['busy_processes']} / {report['omp_wait_policy']} / {report['allocator']}"),
+    rows = [("threads / busy processes / OMP_WAIT_POLICY / GOMP_SPINCOUNT / allocator",
+             f"{report['threads']} / {report['busy_processes']} / {report['omp_wait_policy']} / "
+             f"{report['gomp_spincount']} / {report['allocator']}"),
             ("precision of the config (bf16 native here)", f"{report['precision']} ({report['bf16_native']})"),
             ("sampling threads", f"{report['sampling_threads']}")]
     for precision, sampling in report["sampling_seconds"].items():

@@ -26,10 +26,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 # Jobs that run in other processes (joblib workers, submitit jobs, env workers) import the repo's modules too.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
-# Idle OpenMP threads sleep instead of spinning, so torch's threads do not collapse when another process (an env
-# worker, another job) shares the cores; read when torch loads, so set before any import of it. See
-# docs/PERFORMANCE.md; an explicit OMP_WAIT_POLICY in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Idle OpenMP threads spin briefly, then sleep (dppo/openmp.py): read when torch loads, so set before any import of it.
+from dppo.openmp import set_openmp_wait_defaults  # noqa: E402
+
+set_openmp_wait_defaults()
 
 if __name__ == "__main__":  # tcmalloc where installed (dppo/allocator.py): re-executes this script once, first
     from dppo.allocator import use_tcmalloc

@@ -11,6 +11,7 @@ import torch
 from conftest import compose_config, finetune_overrides
 
 from agent.finetune.ppo import PPOAgent
+from dppo.openmp import set_openmp_wait_defaults
 from model.rl.ppo import normalize_advantages, ppo_loss
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "script"))
@@ -403,3 +404,18 @@ def test_rollout_and_evaluation_sample_on_the_sampling_threads(pretrained, tmp_p
     finally:
         torch.set_num_threads(threads)
         agent.venv.close()
+
+
+@pytest.mark.parametrize("environment, expected", [
+    ({}, {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000"}),  # sleep after a short spin
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": None}),  # no cap on its spinning
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None}),  # sleeps at once
+    ({"GOMP_SPINCOUNT": "0"}, {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"}),
+])
+def test_openmp_wait_defaults_leave_what_the_environment_sets(monkeypatch, environment, expected):
+    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    set_openmp_wait_defaults()
+    assert {key: os.environ.get(key) for key in expected} == expected
