@@ -43,5 +43,7 @@ def embed_distinct_steps(embedding: nn.Module, t: torch.Tensor) -> torch.Tensor:
     A PPO minibatch of B samples x K' denoising steps holds only K' distinct steps in its B * K' rows, so the
     embedding MLP and its backward run on K' rows instead of B * K'; rows are the same as embedding(t)'s.
     """
+    if t.numel() == 1:  # the sampler's one step for every row
+        return embedding(t)
     steps, index = torch.unique(t, return_inverse=True)
     return embedding(steps)[index]
