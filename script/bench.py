@@ -45,6 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter, defaultdict
 from datetime import datetime
 
@@ -371,7 +372,8 @@ def wrap_update_phases(clock: PhaseClock, agent) -> None:
 
 
 def timed_iteration(agent, clock: PhaseClock, device: str) -> dict:
-    """One iteration (rollout, replay add for off-policy agents, update) with the clock's phases."""
+    """One iteration (`collect_rollout`, then `learn`: replay add for off-policy agents, update) with the clock's
+    phases."""
     obs = agent.reset_envs()
     synchronize(device)
     start = time.perf_counter()
@@ -383,9 +385,9 @@ def timed_iteration(agent, clock: PhaseClock, device: str) -> dict:
         rollout, _, rollout_metrics = agent.collect_rollout(obs)
         synchronize(device)
         rollout_seconds = time.perf_counter() - start
-        if agent.replay is not None:
-            agent.replay.add_rollout(rollout)
-        metrics = agent.update(rollout)
+        with warnings.catch_warnings():  # the clock's timed optimizer.step looks like an override to the LR schedulers
+            warnings.filterwarnings("ignore", message="Seems like `optimizer.step\\(\\)` has been overridden")
+            metrics = agent.learn(rollout)  # as a run learns: replay add (off-policy), update, NaN check, LR step
         synchronize(device)
     total = time.perf_counter() - start
     phases = dict(clock.seconds)
