@@ -17,7 +17,7 @@ Figures (docs/PERFORMANCE.md reads them):
   fraction of the machine's matmul speed the update reaches; `precision` says which precision the config runs
   (its default on this machine).
 - env: env steps per second of the configured vector env stepping random action chunks and nothing else.
-- iteration, per precision: one whole fine-tuning iteration (`collect_rollout` then `update`), every phase
+- iteration, per precision: one whole fine-tuning iteration (`collect_rollout` then `learn`), every phase
   timed where it runs (none is a remainder): rollout env_wait (the main process in `step_async` /
   `step_wait`), sampling, reward scaling, bookkeeping (stacking steps, episode statistics); update GAE, old
   log-probabilities, loss forward, backward, optimizer steps. `unaccounted` is the iteration's time outside
