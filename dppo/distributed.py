@@ -11,7 +11,6 @@ not one module's forward), so one optimizer step is the step of the global batch
 every function here is the single-process identity.
 """
 
-import gc
 import os
 import re
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  before any group exists: see close_distributed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -215,9 +215,13 @@ def peer_failure(error: BaseException) -> bool:
 def close_distributed() -> None:
     """Leave the process group, if this process joined one, once every rank has come to leave it: a rank that
     tore its group down while another still finished (rank 0 writing its curves) could abort in gloo's threads.
-    Then it collects garbage: a collective's work object caught in a reference cycle would otherwise be freed at
-    interpreter shutdown, where freeing its tensors can abort the process (pytorch/pytorch#179291)."""
+
+    Destroying the group frees it, and its gloo threads end, only if nothing else holds it. torch.distributed.nn's
+    functions take `group=group.WORLD` as a default argument, bound when that module is first imported, and torch
+    imports it lazily (through torch._dynamo, at the first optimizer). Imported while a group existed, they held
+    it for good: its threads outlived the interpreter's shutdown, and one of them freeing a collective's tensors
+    then aborted the process ("terminate called without an active exception", about one torchrun run in 20).
+    This module imports torch.distributed.nn before any group exists, so those defaults are None."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-        gc.collect()

@@ -75,3 +75,34 @@ def test_diffusion_pretraining_on_two_processes(tmp_path):
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoint"))) == ["last.pt", "policy.pt", "state_2.pt"]
     assert [json.loads(line)["step"] for line in open(os.path.join(run_dir, "metrics.jsonl"))] == [1, 2]
     assert abs(losses(run_dir)[-1] - losses(single)[-1]) < DIFFUSION_LOSS_TOL
+
+
+LEAVE_GROUP = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from dppo.distributed import close_distributed, init_distributed
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+before = threads()
+init_distributed("cpu")
+torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())  # torch imports torch._dynamo, and torch.distributed.nn with it
+close_distributed()
+print("threads", before, threads())
+"""
+
+
+def test_leaving_the_group_ends_its_threads_after_torch_imported_its_lazy_modules(tmp_path):
+    """A group that outlives close_distributed keeps gloo's threads alive into interpreter shutdown, where one of
+    them freeing a collective's tensors aborted 1 run in about 20 (SIGABRT): each rank's thread count after leaving
+    must be the count before joining."""
+    script = tmp_path / "leave_group.py"
+    script.write_text(LEAVE_GROUP)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script), REPO], env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("threads")]
+    assert len(counts) == 2 and all(before == after for before, after in counts), counts
