@@ -90,7 +90,8 @@ before = threads()
 init_distributed("cpu")
 torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())  # torch imports torch._dynamo, and torch.distributed.nn with it
 close_distributed()
-print("threads", before, threads())
+with open(os.path.join(sys.argv[2], f"threads_{os.environ['RANK']}.txt"), "w") as f:  # ranks share one stdout
+    f.write(f"{before} {threads()}")
 """
 
 
@@ -101,8 +102,8 @@ def test_leaving_the_group_ends_its_threads_after_torch_imported_its_lazy_module
     script = tmp_path / "leave_group.py"
     script.write_text(LEAVE_GROUP)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(script), REPO], env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
-                            text=True, timeout=120)
+                             str(script), REPO, str(tmp_path)], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    counts = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("threads")]
-    assert len(counts) == 2 and all(before == after for before, after in counts), counts
+    counts = [(tmp_path / f"threads_{rank}.txt").read_text().split() for rank in range(2)]
+    assert all(before == after for before, after in counts), f"threads before joining, after leaving: {counts}"
