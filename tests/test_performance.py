@@ -4,6 +4,7 @@ the same seed and weights (to 1e-5), and the benchmark script runs in its tiny m
 import copy
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -419,3 +420,12 @@ def test_openmp_wait_defaults_leave_what_the_environment_sets(monkeypatch, envir
         monkeypatch.setenv(key, value)
     set_openmp_wait_defaults()
     assert {key: os.environ.get(key) for key in expected} == expected
+
+
+def test_the_openmp_settings_load_before_torch():
+    """OpenMP reads its wait settings once, when torch loads it: script/run.py and the bench set them by importing
+    dppo.openmp first, which must not import torch itself."""
+    code = "import sys; import dppo.openmp; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr[-2000:]
