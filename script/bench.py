@@ -447,10 +447,8 @@ def bench_algorithm(name: str, overrides: list[str], device: str) -> dict:
         agent = hydra.utils.get_class(cfg._target_)(cfg)
         try:
             agent.itr = cfg.train.n_critic_warmup_itr  # the actor trains too
-            recorder = record_first_gradient_step(agent)
-            result = bench_iteration(agent, device)
-            recorder.stop()
-            del agent.replay_sample
+            with first_gradient_step_recorded(agent) as recorder:
+                result = bench_iteration(agent, device)
         finally:
             agent.venv.close()
     if recorder.counts:  # algorithms drawing their batches with replay_sample (DQL, IDQL)
@@ -466,10 +464,12 @@ def bench_algorithm(name: str, overrides: list[str], device: str) -> dict:
     return result
 
 
-def record_first_gradient_step(agent) -> MatmulRecorder:
-    """A recorder of the matmuls of the agent's first gradient step: it starts at the update's first
-    `replay_sample` call and stops at the second, so one step of critic and actor updates lies in between (the
-    caller stops it after the update too, and deletes the wrapper). Every gradient step has the same products."""
+@contextlib.contextmanager
+def first_gradient_step_recorded(agent):
+    """Yields a recorder of the matmuls of the agent's first gradient step: it starts at the update's first
+    `replay_sample` call and stops at the second, so one step of critic and actor updates lies in between. On
+    exit the recorder stops (an update of one step) and the agent's own `replay_sample` is back. Every gradient
+    step has the same products."""
     recorder = MatmulRecorder()
     sample = agent.replay_sample
     calls = 0
@@ -484,7 +484,11 @@ def record_first_gradient_step(agent) -> MatmulRecorder:
         return sample(*args, **kwargs)
 
     agent.replay_sample = replay_sample
-    return recorder
+    try:
+        yield recorder
+    finally:
+        recorder.stop()
+        del agent.replay_sample
 
 
 def busy_loop() -> None:

@@ -426,6 +426,5 @@ def test_the_openmp_settings_load_before_torch():
     """OpenMP reads its wait settings once, when torch loads it: script/run.py and the bench set them by importing
     dppo.openmp first, which must not import torch itself."""
     code = "import sys; import dppo.openmp; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], cwd=bench.REPO, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr[-2000:]
