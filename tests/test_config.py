@@ -51,3 +51,15 @@ def test_check_keys_names_first_missing_key_and_place():
         check_keys(cfg, ["train.n_epochs"], where="pretrain agent")
     with pytest.raises(ConfigError, match="'model.dim'"):
         check_keys({"model": {}}, ["model.dim"], where="model")
+
+
+@pytest.mark.parametrize("algorithm", ["dql", "idql"])
+def test_policy_flow_on_a_q_learning_preset_is_its_flow_preset_with_the_final_action_clip(compose_cfg, algorithm):
+    """`policy=flow` is the one override that switches a preset's policy: on DQL / IDQL it carries the final action
+    clip (the flow chain has no x0 clip) exactly as the flow preset does; PPO's flow policy keeps no clip."""
+    switched = compose_cfg(f"ft_{algorithm}_diffusion_mlp", ["policy=flow", "device=cpu"])
+    preset = compose_cfg(f"ft_{algorithm}_flow_mlp", ["device=cpu"])
+    assert OmegaConf.to_container(switched.model, resolve=True) == OmegaConf.to_container(preset.model, resolve=True)
+    assert preset.model.final_action_clip_value == 1.0
+    assert compose_cfg("ft_ppo_flow_mlp", ["device=cpu"]).model.final_action_clip_value is None
+    assert compose_cfg(f"ft_{algorithm}_diffusion_mlp", ["device=cpu"]).model.final_action_clip_value is None

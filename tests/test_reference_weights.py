@@ -4,6 +4,7 @@ script/reference/make_baseline_fixtures.py from irom-lab/dppo)."""
 
 import os
 
+import hydra
 import pytest
 import torch
 from reference_weights import build_network, network_entries, project_forward
@@ -47,3 +48,17 @@ def test_different_weights_give_different_outputs():
     module = build_network(before)
     outputs = project_forward(module, "gaussian_mlp", after["forward"]["inputs"])
     assert not torch.allclose(outputs["mean"], after["forward"]["outputs"]["mean"], atol=1e-4)
+
+
+@pytest.mark.parametrize("config_name,critic_key", [("ft_dql_diffusion_mlp", "critic"), ("ft_idql_diffusion_mlp", "critic_q")])
+def test_project_q_critics_are_residual_and_residual_style_false_gives_the_references_plain_ones(
+        compose_cfg, config_name, critic_key):
+    """Deliberate deviation (README): the configs' residual_style: true reaches the project's Q critics (the
+    reference's misspelt keyword drops it). Same layers and parameter count (137,985 per Q on Hopper); the residual
+    critic adds one skip connection around its two hidden 256 x 256 layers. residual_style=false is the reference's."""
+    residual = hydra.utils.instantiate(compose_cfg(config_name, ["device=cpu"])[critic_key])
+    plain = hydra.utils.instantiate(compose_cfg(config_name, ["device=cpu", f"{critic_key}.residual_style=false"])[critic_key])
+    assert isinstance(residual.q1, ResidualMLP) and isinstance(residual.q2, ResidualMLP)
+    assert isinstance(plain.q1, MLP) and isinstance(plain.q2, MLP)
+    count = sum(p.numel() for p in residual.q1.parameters())
+    assert count == sum(p.numel() for p in plain.q1.parameters()) == 137_985

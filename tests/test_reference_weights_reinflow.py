@@ -13,6 +13,7 @@ import os
 import pytest
 import torch
 from reference_weights_reinflow import noise_mlp_state_dict, sigma_bounds, squash_to_sigma, velocity_state_dict
+from tolerances import FLOAT32_EPS, approx_kl_atol
 
 from model.common.mlp import MLP
 from model.diffusion.mlp import DiffusionMLP
@@ -163,20 +164,28 @@ def test_recomputed_log_probs_use_other_times(reference, velocity_net, noise_mlp
 
 def test_ppo_terms_formulas(reference):
     """Per-sample log-probs clamped to [-1, 1] before the ratio; minibatch-normalized advantages; clip 0.01;
-    unclipped value loss; entropy_loss = -mean(entropy rate)."""
+    unclipped value loss; entropy_loss = -mean(entropy rate).
+
+    The formulas are evaluated here in float64 from ReinFlow's stored float32 inputs, so the only differences left
+    are ReinFlow's own float32 roundings (its exp: eps * r per ratio), which the tolerances state
+    (tests/tolerances.py); a float32 recomputation would add this CPU's exp kernel to the comparison."""
     cfg, inputs, ppo = reference["config"], reference["inputs"], reference["ppo"]
-    new = ppo["new_log_probs"].clamp(cfg["logprob_min"], cfg["logprob_max"])
-    old = ppo["old_log_probs"].clamp(cfg["logprob_min"], cfg["logprob_max"])
+    new = ppo["new_log_probs"].double().clamp(cfg["logprob_min"], cfg["logprob_max"])
+    old = ppo["old_log_probs"].double().clamp(cfg["logprob_min"], cfg["logprob_max"])
     log_ratio = new - old
     ratio = log_ratio.exp()
-    adv = (inputs["advantages"] - inputs["advantages"].mean()) / (inputs["advantages"].std() + 1e-8)
+    advantages = inputs["advantages"].double()
+    adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     clip = cfg["clip_ploss_coef"]
     pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
-    assert ppo["pg_loss"] == pytest.approx(pg_loss.item(), abs=1e-7)
-    assert ppo["approx_kl"] == pytest.approx(((ratio - 1) - log_ratio).mean().item(), abs=1e-9)
-    assert ppo["clipfrac"] == pytest.approx(((ratio - 1).abs() > clip).float().mean().item())
-    assert ppo["ratio"] == pytest.approx(ratio.mean().item(), abs=1e-7)
-    assert ppo["v_loss"] == pytest.approx(0.5 * ((ppo["values"] - inputs["returns"]) ** 2).mean().item(), rel=1e-6)
+    ratio_atol = FLOAT32_EPS * ratio.max().item()  # one float32 exp per ratio
+    assert ppo["pg_loss"] == pytest.approx(pg_loss.item(), abs=ratio_atol * adv.abs().max().item())
+    assert ppo["approx_kl"] == pytest.approx(((ratio - 1) - log_ratio).mean().item(),
+                                             abs=approx_kl_atol(ratio, computations=1))
+    assert ppo["clipfrac"] == pytest.approx(((ratio - 1).abs() > clip).double().mean().item())
+    assert ppo["ratio"] == pytest.approx(ratio.mean().item(), abs=ratio_atol)
+    values, returns = ppo["values"].double(), inputs["returns"].double()
+    assert ppo["v_loss"] == pytest.approx(0.5 * ((values - returns) ** 2).mean().item(), rel=1e-6)
     assert (ppo["old_log_probs"] < cfg["logprob_min"]).any()  # the clamp is exercised
 
 

@@ -174,15 +174,34 @@ def test_dql_critic_targets_use_the_target_critic_and_a_fresh_policy_action():
     assert loss.item() == pytest.approx(want.item(), rel=1e-6)
 
 
-def test_dql_actor_loss_reaches_the_denoiser_through_the_whole_chain():
-    policy = make_policy()
-    assert not policy.sample(cond_of(4)).actions.requires_grad, "plain sampling builds no graph"
+def denoiser_outputs_reached_by_the_q_term(policy) -> list[bool]:
+    """Whether DQL's Q term sends a nonzero gradient to the mean each fine-tuned denoising step computes, per step
+    (noisiest first)."""
+    method, means = policy.p_mean_var_from_features, []
+
+    def recording(*args, **kwargs):
+        mean, log_var = method(*args, **kwargs)
+        mean.retain_grad()
+        means.append(mean)
+        return mean, log_var
+
+    policy.p_mean_var_from_features = recording
     batch = {"obs": cond_of(4), "actions": torch.randn(4, TA, DA)}
     loss, terms = dql_actor_loss(policy, tiny_q(), batch, eta=1.0, act_steps=1)
-    policy.actor_ft.zero_grad()
     (loss - terms["bc_loss"]).backward()  # the Q term alone
-    first_layer = policy.actor_ft.mlp.input_layer.weight.grad
-    assert first_layer is not None and first_layer.abs().sum() > 0
+    return [mean.grad is not None and mean.grad.abs().sum().item() > 0 for mean in means]
+
+
+def test_dql_actor_loss_reaches_the_denoiser_through_the_whole_chain():
+    """The Q term's gradient reaches every denoising step's output, not only the last step's; a chain detached at
+    an intermediate step fails this check (the steps before the cut get no gradient)."""
+    policy = make_policy()
+    assert not policy.sample(cond_of(4)).actions.requires_grad, "plain sampling builds no graph"
+    reached = denoiser_outputs_reached_by_the_q_term(policy)
+    assert len(reached) == DIFFUSION_KWARGS["denoising_steps"] and all(reached), reached
+    broken = make_policy()
+    detach_input_at_call(broken, CHAIN_STEP_METHOD["diffusion"], call_index=2)
+    assert denoiser_outputs_reached_by_the_q_term(broken) == [False, False, True, True, True]
 
 
 def test_soft_update_is_polyak_averaging():

@@ -1,0 +1,110 @@
+"""Promises the agents' updates keep about the collected steps, checked on real agents and rollouts: a cut step
+(worker restart, simulator failure) is never learned from, DAWR's TD(lambda) restarts at an episode start in the
+replay, and DQL's and IDQL's target critics follow their critics at the configured Polyak rate."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from conftest import compose_config, finetune_overrides
+
+from agent.finetune.awr import AWRAgent
+from agent.finetune.dql import DQLAgent
+from agent.finetune.idql import IDQLAgent
+from agent.finetune.ppo import PPOAgent
+
+CUT_STEP, CUT_ENV = 3, 1  # the step of the rollout (8 steps x 2 envs) whose transition never happened
+
+
+def make_agent(agent_class, config_name, pretrained, tmp_path, extra=()):
+    dataset_dir, _ = pretrained
+    overrides = finetune_overrides(dataset_dir, tmp_path, n_train_itr=1) + ["precision=fp32", *extra]
+    if agent_class is not PPOAgent:  # PPO's epochs: the off-policy agents count gradient steps instead
+        overrides = [o for o in overrides if not o.startswith("train.update_epochs=")]
+    if agent_class is IDQLAgent:  # two critics of its own, as tiny as the others
+        overrides = [o for o in overrides if not o.startswith("critic.")] + [
+            "critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]"]
+    return agent_class(compose_config(config_name, overrides))
+
+
+def module_states(agent) -> dict:
+    return {name: copy.deepcopy(module.state_dict()) for name, module in agent.checkpointed_modules().items()}
+
+
+def with_cut_step_contents(rollout, value: float):
+    """The rollout with step (CUT_STEP, CUT_ENV) cut, as a simulator failure leaves it (an end that is cut), and
+    everything recorded at that step (observations, chunk, chain, log-probs, rewards) replaced by `value`."""
+    def fill(x):
+        x = x.clone()
+        x[CUT_STEP, CUT_ENV] = value
+        return x
+
+    ends, cut = rollout.ends.clone(), rollout.cut.clone()
+    ends[CUT_STEP, CUT_ENV] = cut[CUT_STEP, CUT_ENV] = True
+    return dataclasses.replace(
+        rollout, obs={k: fill(v) for k, v in rollout.obs.items()}, next_obs={k: fill(v) for k, v in rollout.next_obs.items()},
+        actions=fill(rollout.actions), stored={k: fill(v) for k, v in rollout.stored.items()},
+        rewards=fill(rollout.rewards), scaled_rewards=fill(rollout.scaled_rewards), ends=ends, cut=cut)
+
+
+def test_ppo_learns_nothing_from_a_cut_step(pretrained, tmp_path):
+    """Two updates from the same weights and random draws on rollouts that differ only in a cut step's contents end
+    at the same weights: the cut step is no sample, no return and no bootstrap target."""
+    agents = [make_agent(PPOAgent, "ft_ppo_diffusion_mlp", pretrained, tmp_path / str(i)) for i in range(2)]
+    rollout, _, _ = agents[0].collect_rollout(agents[0].reset_envs())
+    before = module_states(agents[0])
+    after = []
+    for agent, value in zip(agents, (-7.0, 7.0)):
+        torch.manual_seed(0)
+        metrics = agent.update(with_cut_step_contents(rollout, value))
+        assert metrics["minibatch_updates"] > 0
+        after.append(module_states(agent))
+    for name in before:
+        for key in before[name]:
+            torch.testing.assert_close(after[1][name][key], after[0][name][key], rtol=0, atol=0, msg=f"{name}.{key}")
+    assert any(not torch.equal(after[0]["model"][key], before["model"][key]) for key in before["model"]), "it learned"
+
+
+def test_dawr_td_lambda_restarts_at_an_episode_start_in_the_replay(pretrained, tmp_path):
+    """An episode that starts in the replay without an end before it (after an evaluation, a resume or
+    reset_at_iteration) cuts the TD(lambda) return there as an end would: the step before it bootstraps from
+    V(its next obs) and does not take the next episode's return."""
+    agent = make_agent(AWRAgent, "ft_awr_diffusion_mlp", pretrained, tmp_path)
+    rollout, _, _ = agent.collect_rollout(agent.reset_envs())
+    agent.replay.add_rollout(rollout)
+    data = agent.replay.ordered()
+    no_ends = torch.zeros_like(data["ends"])
+    plain = dict(data, ends=no_ends, terminated=no_ends, firsts=no_ends.clone(), cut=no_ends)
+    start, end = copy.copy(plain), copy.copy(plain)
+    start["firsts"] = no_ends.clone()
+    start["firsts"][4, 0] = True
+    end["ends"] = no_ends.clone()
+    end["ends"][3, 0] = True
+    with torch.no_grad():
+        returns_start, returns_end, returns_plain = (agent.td_lambda(d)[0] for d in (start, end, plain))
+    torch.testing.assert_close(returns_start, returns_end, rtol=0, atol=0)
+    assert not torch.equal(returns_start, returns_plain), "the start changes the returns before it"
+
+
+@pytest.mark.parametrize("agent_class,config_name,rate_key,target,source", [
+    (DQLAgent, "ft_dql_diffusion_mlp", "target_ema_rate", "critic_target", "critic"),
+    (IDQLAgent, "ft_idql_diffusion_mlp", "critic_tau", "target_q", "critic_q"),
+])
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_target_critic_follows_the_critic_at_the_polyak_rate(pretrained, tmp_path, agent_class, config_name,
+                                                             rate_key, target, source, rate):
+    """After an update the target critic is where Polyak averaging at `rate` puts it: rate 1 copies the critic's
+    last weights, rate 0 keeps the target's first weights, while the critic itself moved."""
+    agent = make_agent(agent_class, config_name, pretrained, tmp_path,
+                       [f"train.{rate_key}={rate}", "train.n_critic_warmup_itr=0", "train.batch_size=4"])
+    first_target = copy.deepcopy(getattr(agent, target).state_dict())
+    first_critic = copy.deepcopy(getattr(agent, source).state_dict())
+    rollout, _, _ = agent.collect_rollout(agent.reset_envs())
+    metrics = agent.learn(rollout)
+    assert metrics["gradient_steps"] > 1
+    critic, target_state = getattr(agent, source).state_dict(), getattr(agent, target).state_dict()
+    expected = critic if rate == 1.0 else first_target
+    for key in expected:
+        torch.testing.assert_close(target_state[key], expected[key], rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(critic[key], first_critic[key]) for key in critic), "the critic moved"
