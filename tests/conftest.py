@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny Hopper-shaped dataset, Hydra config composition, and one thread for torch."""
+"""Shared fixtures: a tiny Hopper-shaped dataset, Hydra config composition, and torch's threads (1, or
+DPPO_TEST_THREADS: script/test_variations.sh runs the suite's numerical tests with 1 and 2)."""
 
 import os
 
@@ -10,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from dppo.config import register_resolvers, validate_config
 
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ.get("DPPO_TEST_THREADS", "1")))
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfg")
 
 # A tiny network for every config, so a whole run takes seconds on CPU.

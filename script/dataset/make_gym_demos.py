@@ -145,7 +145,7 @@ EXPERT_ALGOS = ("PPO", "SAC", "TD3")
 
 def expert_reached(recent: float, target: float, min_frac: float) -> bool:
     """Whether a recent training return is within (1 - min_frac) |target| below the target: 0.8 x target for
-    a positive target, 12 for a target of -10 at min_frac 0.8 (returns of any sign)."""
+    a positive target, -12 for a target of -10 at min_frac 0.8 (returns of any sign)."""
     return recent >= target - (1.0 - min_frac) * abs(target)
 
 
