@@ -14,23 +14,17 @@ import os
 from datetime import datetime
 
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dppo.errors import ConfigError, require
 from dppo.paths import data_dir, log_dir
 from dppo.precision import PRECISIONS, default_precision
 from dppo.runtime import default_device
+from dppo.schema import check_group
 
+DIFFUSION_ONLY_KEYS = ("denoising_steps", "ft_denoising_steps", "use_ddim", "ddim_steps")
 EVAL_NAMES = {"abs": abs, "int": int, "float": float, "max": max, "min": min, "round": round, "math": math}
-
-
-class ConfigError(ValueError):
-    """A config value is missing or invalid; the message names the fix."""
-
-
-def require(condition: bool, message: str) -> None:
-    """Raise `ConfigError(message)` unless `condition` holds."""
-    if not condition:
-        raise ConfigError(message)
 
 
 def eval_expression(expression: str):
@@ -91,9 +85,32 @@ def check_keys(cfg: DictConfig | dict, keys: list[str], where: str) -> None:
             )
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Checks run at start-up, before anything is built, each failing with one line that names the fix."""
+def drop_keys_the_policy_ignores(cfg: DictConfig, overridden: frozenset[str]) -> None:
+    """Under a policy without denoising steps (policy_name flow or gaussian) the diffusion chain's keys mean nothing:
+    one the command line sets (`overridden`) is refused with one line; one a preset composed (PPO's
+    ft_denoising_steps) is dropped, so the run's config.yaml holds only what the run uses."""
+    policy = cfg.get("policy_name")
+    if policy in (None, "diffusion"):
+        return
+    for key in DIFFUSION_ONLY_KEYS:
+        if key in cfg:
+            require(key not in overridden, f"{key}={cfg[key]} means nothing for policy={policy}, which has no "
+                    "denoising steps: drop it (the flow policy's steps: model.inference_steps).")
+            with open_dict(cfg):
+                del cfg[key]
+
+
+def validate_config(cfg: DictConfig, overridden: frozenset[str] = frozenset()) -> None:
+    """Checks run at start-up, before anything is built, each failing with one line that names the fix: keys the
+    composed policy ignores (`overridden`: the keys the command line set), the config groups the agent declares a
+    schema for (dppo/schema.py), then the settings that depend on each other."""
     check_keys(cfg, ["_target_", "seed", "device", "logdir"], where="Every config")
+    drop_keys_the_policy_ignores(cfg, overridden)
+    for group, schema in getattr(get_class(cfg._target_), "settings_schemas", dict)().items():
+        check_group(cfg, group, schema)
+    if "denoising_steps" in cfg:
+        require(isinstance(cfg.denoising_steps, int) and cfg.denoising_steps >= 1,
+                f"denoising_steps={cfg.denoising_steps} must be an int >= 1 (the diffusion chain's steps).")
     if cfg.get("use_ddim"):
         require(cfg.get("ddim_steps") is not None, "use_ddim=true needs ddim_steps: add ddim_steps=5 (or another count).")
     if "ft_denoising_steps" in cfg and "denoising_steps" in cfg:  # a diffusion policy
@@ -106,6 +123,9 @@ def validate_config(cfg: DictConfig) -> None:
                 f"act_steps={cfg.act_steps} must be in 1..horizon_steps ({cfg.horizon_steps}): lower act_steps.")
     require(str(cfg.device).split(":")[0] in ("cpu", "cuda", "mps"),
             f"device={cfg.device} is not a torch device: use device=cpu or device=cuda.")
+    require(not str(cfg.device).startswith("cuda") or default_device() == "cuda",
+            f"device={cfg.device} but torch sees no GPU here: use device=cpu (or leave device unset: a GPU when "
+            "one is visible, else the CPU).")
     if "precision" in cfg:
         require(cfg.precision in PRECISIONS, f"precision={cfg.precision} is not a precision: use precision=fp32 or "
                 "precision=bf16 (bf16 where the hardware multiplies bf16 natively).")

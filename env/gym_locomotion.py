@@ -35,7 +35,8 @@ def check_gym_env_id(env_id: str) -> str:
 
 
 def make_gym_env(env_id: str, seed: int | None = None, render_mode: str | None = None, **make_kwargs) -> gym.Env:
-    """One gymnasium env with its registered time limit, observations as {"state": (Do,)}."""
+    """One gymnasium env, observations as {"state": (Do,)}. `make_kwargs` go to gymnasium.make: the task's
+    `max_episode_steps` (env.kwargs) sets the time limit, None keeps the registered one."""
     env = gym.make(check_gym_env_id(env_id), render_mode=render_mode, **make_kwargs)
     if not isinstance(env.observation_space, gym.spaces.Box):
         raise ValueError(f"{env_id} has {type(env.observation_space).__name__} observations: the gym task family "

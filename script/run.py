@@ -68,6 +68,12 @@ def check_task_overrides(argv: list[str]) -> None:
                 sys.exit(f"Unknown task '{task}': use one of {', '.join(known)} (configs in cfg/task/).")
 
 
+def overridden_keys() -> frozenset[str]:
+    """The config keys this job's command line sets (`key=value`, `+key=value`, `++key=value`)."""
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    return frozenset(override.split("=", 1)[0].lstrip("+~") for override in overrides)
+
+
 def fail(line: str) -> None:
     """Stop a single run with one line; in a multirun, fail only this job."""
     if in_multirun():
@@ -82,7 +88,7 @@ def main(cfg: DictConfig) -> None:
         threads = job_threads(cfg.get("threads"), parallel_jobs(n_jobs))
         if threads is not None:
             set_threads(threads)
-        validate_config(cfg)
+        validate_config(cfg, overridden_keys())
         agent_class = hydra.utils.get_class(cfg._target_)
         adopt_slurm_tasks()
         if world_size() > 1 and not getattr(agent_class, "supports_torchrun", False):

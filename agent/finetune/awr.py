@@ -12,6 +12,8 @@ G = new samples / batch_size * replay_ratio gradient steps:
 Cut steps (worker restarts, simulator failures) are never drawn.
 """
 
+from dataclasses import dataclass
+
 import torch
 from omegaconf import DictConfig
 
@@ -19,11 +21,22 @@ from agent.finetune.base import FinetuneAgent, mean_metrics
 from agent.finetune.replay import replay_gradient_steps
 from agent.finetune.returns import gae_from_critic, segment_ends
 from agent.finetune.rollout import Rollout, flatten_steps, index_samples
+from agent.finetune.settings import ReplaySettings
+from dppo.schema import setting
 from model.rl.weighted_regression import exponential_weights, standardize, value_regression_loss
+
+
+@dataclass
+class AWRTrainSettings(ReplaySettings):
+    gae_lambda: float = setting("TD(lambda) of the critic's targets", low=0, high=1)
+    beta: float = setting("inverse temperature of the weights exp(beta * standardized advantage)", low=0)
+    max_adv_weight: float = setting("the weights' upper clip", above=0)
+    critic_update_ratio: int = setting("actor steps per critic step", low=1)
 
 
 class AWRAgent(FinetuneAgent):
     off_policy = True
+    train_settings = AWRTrainSettings
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)

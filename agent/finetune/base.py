@@ -47,6 +47,7 @@ from agent.eval.rollout import run_episodes
 from agent.finetune.episodes import EpisodeTracker, summarize
 from agent.finetune.replay import ReplayBuffer
 from agent.finetune.rollout import Rollout, index_samples, stack_steps
+from agent.finetune.settings import FinetuneSettings
 from dppo.checkpoint import (
     checkpoint_path,
     last_checkpoint_path,
@@ -75,6 +76,7 @@ from dppo.optimizers import adamw
 from dppo.precision import autocast, check_precision
 from dppo.runtime import prepare_run_dir, set_seed, torch_threads, wandb_config
 from dppo.schedulers import RunningRewardScaler, WarmupCosineLR
+from env.settings import EnvSettings
 from env.vector import cat_samples, concat_steps, make_task_vector_env
 from model.common.policy import FinetunePolicy
 
@@ -87,6 +89,12 @@ class FinetuneAgent:
     off_policy = False  # off-policy algorithms get a replay buffer of train.buffer_size chunk-steps per env
     reads_stored = False  # whether `update` reads what the policy's `explore` stores (PPO: chains, log-probs)
     supports_torchrun = True  # data-parallel under torchrun (see the module docstring)
+    train_settings = FinetuneSettings  # the schema of `train`: each algorithm's own (dppo/schema.py)
+
+    @classmethod
+    def settings_schemas(cls) -> dict:
+        """{config group: its schema}, checked by dppo.config.validate_config before anything is built."""
+        return {"env": EnvSettings, "train": cls.train_settings}
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg

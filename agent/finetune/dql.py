@@ -8,6 +8,7 @@ each on a fresh replayed batch: one critic step (double-Q TD), one actor step
 """
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig
@@ -15,12 +16,23 @@ from omegaconf import DictConfig
 from agent.finetune.base import FinetuneAgent, mean_metrics
 from agent.finetune.replay import replay_gradient_steps
 from agent.finetune.rollout import Rollout
+from agent.finetune.settings import ReplaySettings
+from dppo.schema import setting
 from model.common.critic import soft_update
 from model.rl.dql import dql_actor_loss, dql_critic_loss
 
 
+@dataclass
+class DQLTrainSettings(ReplaySettings):
+    eta: float = setting("weight of the normalized Q term in the actor loss", low=0)
+    bc_on: str = setting("BC term on the freshly drawn chunk (the reference) or on the replayed one",
+                         choices=("drawn", "replay"))
+    target_ema_rate: float = setting("Polyak rate of the target critics", low=0, high=1)
+
+
 class DQLAgent(FinetuneAgent):
     off_policy = True
+    train_settings = DQLTrainSettings
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)

@@ -9,6 +9,7 @@ The agent acts through a CandidateSelector: 20 candidates from the policy, chose
 """
 
 import copy
+from dataclasses import dataclass
 
 import hydra
 from omegaconf import DictConfig
@@ -16,13 +17,26 @@ from omegaconf import DictConfig
 from agent.finetune.base import FinetuneAgent, mean_metrics
 from agent.finetune.replay import replay_gradient_steps
 from agent.finetune.rollout import Rollout
+from agent.finetune.settings import ReplaySettings
 from dppo.checkpoint import load_state_dict_checked
+from dppo.schema import setting
 from model.common.critic import soft_update
 from model.rl.idql import CandidateSelector, idql_q_loss, idql_v_loss
 
 
+@dataclass
+class IDQLTrainSettings(ReplaySettings):
+    critic_tau: float = setting("Polyak rate of the target Q", low=0, high=1)
+    expectile: float = setting("expectile of V's regression on the target Q", above=0, high=1)
+    num_sample: int = setting("candidate chunks when exploring", low=1)
+    eval_num_sample: int = setting("candidate chunks when evaluating", low=1)
+    exploration_weight: float = setting("exploring weight of a candidate with Q - V > 0 (1 - it elsewhere)",
+                                        low=0, high=1)
+
+
 class IDQLAgent(FinetuneAgent):
     off_policy = True
+    train_settings = IDQLTrainSettings
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)

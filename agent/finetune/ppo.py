@@ -13,22 +13,47 @@ log-probabilities see the same images.
 Cut steps (worker restarts, simulator failures) are no samples and no bootstrap.
 """
 
+from dataclasses import dataclass
+
 import torch
 from omegaconf import DictConfig
 
 from agent.finetune.base import FinetuneAgent, explained_variance, mean_metrics
 from agent.finetune.returns import gae_from_critic, segment_ends
 from agent.finetune.rollout import Rollout, flatten_steps, index_samples, map_batches
+from agent.finetune.settings import EpochSettings
 from dppo.config import require
 from dppo.distributed import mean_metrics_over_ranks
+from dppo.schema import setting
 from model.common.obs_encoder import shift_images
 from model.rl.ppo import PPOSettings, normalize_advantages, ppo_loss
 
 METRIC_KEYS = ("loss", "pg_loss", "value_loss", "bc_loss", "entropy_loss", "approx_kl", "clipfrac", "ratio")
 
 
+@dataclass
+class PPOTrainSettings(EpochSettings):
+    gae_lambda: float = setting("GAE lambda over chunk-steps", low=0, high=1)
+    augment_pad: int | None = setting("pixel tasks: shift each rollout image once by up to this many pixels", low=1)
+    vf_coef: float = setting("value loss weight", low=0)
+    target_kl: float | None = setting("stop the epochs when approx_kl exceeds this (null: never)", above=0)
+    clip_ploss_coef: float = setting("PPO clip coefficient of the term that outputs the action", above=0)
+    clip_ploss_coef_base: float = setting("PPO clip coefficient of the noisiest denoising step", above=0)
+    clip_ploss_coef_rate: float = setting("rate of the exponential from the base clip to the last", above=0)
+    gamma_denoising: float = setting("advantage discount per denoising step from the action", low=0, high=1)
+    clip_vloss_coef: float | None = setting("value clip around the old values (null: none)", above=0)
+    norm_adv: bool = setting("normalize advantages per minibatch")
+    clip_advantage_lower_quantile: float = setting("clip advantages below this quantile", low=0, high=1)
+    clip_advantage_upper_quantile: float = setting("clip advantages above this quantile", low=0, high=1)
+    use_bc_loss: bool = setting("add the BC loss on the frozen policy's chains (diffusion)")
+    bc_coef: float = setting("BC loss weight", low=0)
+    ent_coef: float = setting("entropy bonus weight (policies with a learned std)", low=0)
+    grad_chunk_size: int | None = setting("samples per gradient-accumulation chunk (null: whole minibatch)", low=1)
+
+
 class PPOAgent(FinetuneAgent):
     reads_stored = True  # the chains (or chunks) and their log-probabilities
+    train_settings = PPOTrainSettings
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)

@@ -9,17 +9,28 @@ batch is dropped). A diffusion policy fine-tunes every denoising step; explorati
 each step's std >= min_sampling_denoising_std.
 """
 
+from dataclasses import dataclass
+
 from omegaconf import DictConfig
 
 from agent.finetune.base import FinetuneAgent, mean_metrics
 from agent.finetune.returns import episode_returns_to_go
 from agent.finetune.rollout import Rollout, flatten_steps, index_samples
+from agent.finetune.settings import EpochSettings
+from dppo.schema import setting
 from model.rl.weighted_regression import exponential_weights, standardize
 
 RETURN_EPS = 1e-3  # the reference standardizes DRWR returns with the population std + 1e-3
 
 
+@dataclass
+class RWRTrainSettings(EpochSettings):
+    beta: float = setting("inverse temperature of the weights exp(beta * standardized return)", low=0)
+    max_reward_weight: float = setting("the weights' upper clip", above=0)
+
+
 class RWRAgent(FinetuneAgent):
+    train_settings = RWRTrainSettings
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
         self.actor_optimizer = self.add_optimizer("actor", self.model.actor_parameters(), role="actor")

@@ -1,0 +1,81 @@
+"""Bad settings stop `script/run.py` before anything is built: one line naming the key, the value and what is
+allowed, a non-zero exit, no run directory. Settings that used to be ignored are honoured (a gym task's
+max_episode_steps) or refused (diffusion keys under a policy without denoising steps)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import compose_config
+
+from dppo.config import validate_config
+from env.families import make_family_env
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+BAD_SETTINGS = [  # (overrides, the one line's start)
+    (["train.batch_size=0"], "ConfigError: train.batch_size=0 is out of range: samples per gradient step"),
+    (["env.n_envs=abc"], "ConfigError: env.n_envs='abc' has the wrong type: parallel envs must be an int >= 1."),
+    (["env.n_envs=0"], "ConfigError: env.n_envs=0 is out of range: parallel envs must be an int >= 1."),
+    (["train.n_steps=-3"], "ConfigError: train.n_steps=-3 is out of range: chunk-steps each env collects"),
+    (["train.gamma=1.5"], "ConfigError: train.gamma=1.5 is out of range: discount per chunk-step must be a float in"),
+    (["train.gamma=-1"], "ConfigError: train.gamma=-1.0 is out of range: discount per chunk-step must be a float in"),
+    (["train.update_epochs=0"], "ConfigError: train.update_epochs=0 is out of range: passes over the rollout"),
+    (["denoising_steps=0"], "ConfigError: denoising_steps=0 must be an int >= 1"),
+    (["+train.foo=1"], "ConfigError: train.foo is not a setting here (PPOTrainSettings: "),
+    (["policy=flow", "ft_denoising_steps=5"], "ConfigError: ft_denoising_steps=5 means nothing for policy=flow"),
+    (["train.actor_lr_scheduler.warmup_steps=-1"],
+     "ConfigError: train.actor_lr_scheduler.warmup_steps=-1 is out of range: iterations of linear warm-up"),
+    (["env.family=gymnasium"], "ConfigError: env.family=gymnasium is out of range: the task family must be one of"),
+]
+
+
+def run_script(overrides: list[str], logdir) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(REPO, "script", "run.py"), "--config-name=ft_ppo_diffusion_mlp",
+                           "wandb=null", f"logdir={logdir}", *overrides], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("overrides,line", BAD_SETTINGS, ids=[" ".join(o) for o, _ in BAD_SETTINGS])
+def test_a_bad_setting_stops_the_run_with_one_line_before_anything_is_built(tmp_path, overrides, line):
+    result = run_script(overrides, tmp_path / "run")
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode != 0
+    assert len(output) == 1 and output[0].startswith(line), output
+    assert not (tmp_path / "run").exists(), "no run directory left behind"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_device_cuda_without_a_gpu_gets_one_line(tmp_path):
+    result = run_script(["device=cuda"], tmp_path / "run")
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode != 0 and len(output) == 1
+    assert output[0].startswith("ConfigError: device=cuda but torch sees no GPU here: use device=cpu"), output
+
+
+def test_a_gym_tasks_max_episode_steps_is_its_time_limit():
+    cfg = compose_config("ft_ppo_diffusion_mlp", ["max_episode_steps=5", "device=cpu"])
+    env = make_family_env(cfg.env.family, cfg.env.id, seed=0, **cfg.env.kwargs)
+    env.reset(seed=0)
+    truncations = [env.step(env.action_space.sample() * 0)[3] for _ in range(5)]
+    assert truncations == [False, False, False, False, True]
+
+
+def test_a_preset_key_the_policy_ignores_is_dropped_from_the_composition():
+    """ft_ppo_flow_mlp composes PPO's ft_denoising_steps; the flow policy has no denoising steps, so the run's
+    config does not keep it."""
+    cfg = compose_config("ft_ppo_flow_mlp", ["device=cpu"])
+    assert "ft_denoising_steps" in cfg
+    validate_config(cfg)
+    assert "ft_denoising_steps" not in cfg and cfg.model.inference_steps == 4
+
+
+def test_docs_settings_md_is_what_the_schemas_give():
+    sys.path.insert(0, os.path.join(REPO, "script"))
+    import settings_reference
+
+    with open(os.path.join(REPO, "docs", "SETTINGS.md")) as f:
+        assert f.read() == settings_reference.reference(), "run python script/settings_reference.py"
