@@ -15,6 +15,9 @@ import torch
 
 from dppo.paths import atomic_write
 
+# The layout of a fine-tuning checkpoint: 2, modules by attribute name (the policy apart from the critics);
+# 1, one model holding its critics. Written by FinetuneAgent.save, checked by its load and by evaluation.
+FINETUNE_CHECKPOINT_FORMAT = 2
 ARCHITECTURE_FIX = (
     "the checkpoint's architecture differs from the config: match the config's model dims to the checkpoint "
     "or use another checkpoint"

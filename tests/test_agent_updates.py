@@ -108,3 +108,39 @@ def test_target_critic_follows_the_critic_at_the_polyak_rate(pretrained, tmp_pat
     for key in expected:
         torch.testing.assert_close(target_state[key], expected[key], rtol=0, atol=0, msg=key)
     assert any(not torch.equal(critic[key], first_critic[key]) for key in critic), "the critic moved"
+
+
+class ForgetfulAgent(PPOAgent):
+    """An algorithm written without calling anything at the end of its __init__."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.extra_critic = torch.nn.Linear(2, 2)
+
+
+class HiddenModulesAgent(PPOAgent):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.critics = [torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]
+
+
+def test_an_agent_starts_when_its_init_returns_with_every_module_it_built(pretrained, tmp_path):
+    """The run dir opens and the checkpoint holds the module the subclass added after its parent's __init__: the
+    start runs once, after the most derived __init__."""
+    agent = make_agent(ForgetfulAgent, "ft_ppo_diffusion_mlp", pretrained, tmp_path)
+    assert agent.logger is not None and (tmp_path / "config.yaml").exists()
+    assert "extra_critic" in agent.checkpointed_modules()
+
+
+def test_modules_in_a_plain_list_are_refused(pretrained, tmp_path):
+    with pytest.raises(TypeError, match="HiddenModulesAgent.critics holds modules in a plain container"):
+        make_agent(HiddenModulesAgent, "ft_ppo_diffusion_mlp", pretrained, tmp_path)
+
+
+def test_an_actor_optimizer_of_any_name_waits_for_the_critic_warm_up(pretrained, tmp_path):
+    """The LR schedule of an optimizer with role actor does not step during warm-up, whatever its name."""
+    agent = make_agent(PPOAgent, "ft_ppo_diffusion_mlp", pretrained, tmp_path, ["train.n_critic_warmup_itr=2"])
+    agent.add_optimizer("noise_actor", [torch.nn.Parameter(torch.zeros(1))], role="actor")
+    agent.step_lr_schedulers()
+    steps = {name: scheduler.state_dict()["last_epoch"] for name, scheduler in agent.lr_schedulers.items()}
+    assert steps["noise_actor"] == steps["actor"] == 0 and steps["critic"] == 1, steps

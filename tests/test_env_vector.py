@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from agent.eval.episodes import summarize
 from agent.eval.rollout import run_episodes
-from agent.finetune.episodes import summarize
 from dppo.normalization import MinMaxNormalizer
 from env.gym_locomotion import StateDictObservation
 from env.vector import TorchVectorEnv, make_vector_env

@@ -16,7 +16,7 @@ import pytest
 import torch
 from toy import COUNTING_NAN_ID, EPISODE_LENGTH
 
-from agent.finetune.episodes import EpisodeTracker
+from agent.eval.episodes import EpisodeTracker
 from env.vector import make_vector_env
 
 ACT_STEPS = 5

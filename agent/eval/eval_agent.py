@@ -14,10 +14,9 @@ import os
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from agent.eval.episodes import summarize
 from agent.eval.rollout import run_episodes
-from agent.finetune.base import CHECKPOINT_FORMAT
-from agent.finetune.episodes import summarize
-from dppo.checkpoint import load_checkpoint, load_state_dict_checked
+from dppo.checkpoint import FINETUNE_CHECKPOINT_FORMAT, load_checkpoint, load_state_dict_checked
 from dppo.logging import MetricLogger
 from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from env.vector import make_task_vector_env
@@ -36,9 +35,9 @@ def load_policy(path: str, device: str, overrides: DictConfig | dict | None = No
     elif pretraining_state:
         model_cfg = state["config"]["model"]
     elif finetuned:
-        if state.get("format") != CHECKPOINT_FORMAT:
+        if state.get("format") != FINETUNE_CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is a fine-tuning checkpoint of format {state.get('format', 1)}, written before "
-                             f"policies and algorithms were split; this code reads format {CHECKPOINT_FORMAT}: "
+                             f"policies and algorithms were split; this code reads format {FINETUNE_CHECKPOINT_FORMAT}: "
                              "evaluate it with the code that wrote it, or fine-tune anew.")
         model_cfg = state["config"]["model"]
     else:

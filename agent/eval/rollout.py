@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import torch
 
-from agent.finetune.episodes import EpisodeStats, EpisodeTracker
+from agent.eval.episodes import EpisodeStats, EpisodeTracker
 
 
 @torch.no_grad()

@@ -43,7 +43,6 @@ class AWRAgent(FinetuneAgent):
         self.critic = self.build_critic("critic")
         self.actor_optimizer = self.add_optimizer("actor", self.model.actor_parameters(), role="actor")
         self.critic_optimizer = self.add_optimizer("critic", self.critic.parameters(), role="critic")
-        self.start()
 
     def td_lambda(self, data: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(TD(lambda) returns, V(s)) over the replay's fields (S, N, ...), both flattened to (S * N,)."""

@@ -7,10 +7,12 @@ algorithm has one, call the algorithm's `update`, then log, evaluate every
 `val_freq` iterations and checkpoint. Resuming restores all of it.
 
 An algorithm is a subclass that builds its critics (`build_critic`, from the config's
-critic group) and optimizers (`add_optimizer`) in `__init__`, ends `__init__` with
-`self.start()`, and writes `update(rollout)`, running its forward passes under `self.autocast()`
+critic group) and optimizers (`add_optimizer`, each with its role: actor or critic) in `__init__`, and writes
+`update(rollout)`, running its forward passes under `self.autocast()`
 (the run's `precision`); `off_policy = True` gives it a replay buffer (`self.replay`) that already
-holds the rollout when `update` runs.
+holds the rollout when `update` runs. When the most derived `__init__` returns, the agent starts on its own
+(`_start`: weights shared over ranks, resumed state loaded, run dir opened); a module kept in a plain list, tuple
+or dict (not checkpointed) is refused then.
 The policy (`self.model`) is any FinetunePolicy (model/common/policy.py). The agent acts
 with `explore(cond) -> (actions, stored)` while training and `act(cond)` in evaluation,
 the policy's own unless the algorithm acts otherwise (IDQL picks among candidates by Q).
@@ -32,6 +34,7 @@ SIGTERM / SIGUSR1 (Slurm's warning before preemption) end the run after the curr
 checkpoint; the same command line with `resume=auto` continues it.
 """
 
+import functools
 import os
 import signal
 import threading
@@ -43,12 +46,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from agent.eval.episodes import EpisodeTracker, summarize
 from agent.eval.rollout import run_episodes
-from agent.finetune.episodes import EpisodeTracker, summarize
 from agent.finetune.replay import ReplayBuffer
 from agent.finetune.rollout import Rollout, index_samples, stack_steps
 from agent.finetune.settings import FinetuneSettings
 from dppo.checkpoint import (
+    FINETUNE_CHECKPOINT_FORMAT,
     checkpoint_path,
     last_checkpoint_path,
     load_checkpoint,
@@ -81,7 +85,6 @@ from env.vector import cat_samples, concat_steps, make_task_vector_env
 from model.common.policy import FinetunePolicy
 
 EVAL_SEED_OFFSET = 1_000_000
-CHECKPOINT_FORMAT = 2  # 2: modules by attribute name (policy apart from critics); 1: one model with its critics
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a cluster's preemption: checkpoint the iteration, then stop
 
 
@@ -90,6 +93,20 @@ class FinetuneAgent:
     reads_stored = False  # whether `update` reads what the policy's `explore` stores (PPO: chains, log-probs)
     supports_torchrun = True  # data-parallel under torchrun (see the module docstring)
     train_settings = FinetuneSettings  # the schema of `train`: each algorithm's own (dppo/schema.py)
+
+    def __init_subclass__(cls, **kwargs):
+        """Every algorithm starts when its most derived `__init__` has built its modules and optimizers: that
+        `__init__` is wrapped to call `_start` after it, so no algorithm can forget to."""
+        super().__init_subclass__(**kwargs)
+        build = cls.__init__
+
+        @functools.wraps(build)
+        def build_then_start(self, *args, **kwargs):
+            build(self, *args, **kwargs)
+            if type(self) is cls:
+                self._start()
+
+        cls.__init__ = build_then_start
 
     @classmethod
     def settings_schemas(cls) -> dict:
@@ -131,6 +148,7 @@ class FinetuneAgent:
                     f"{type(self).__name__} replays its data: set train.buffer_size (chunk-steps per env).")
             self.replay = ReplayBuffer(train.buffer_size, self.n_envs_total, self.device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizer_roles: dict[str, str] = {}  # name -> actor or critic
         self.lr_schedulers: dict[str, WarmupCosineLR] = {}
         self.itr = 0
         self.env_steps = 0
@@ -141,9 +159,15 @@ class FinetuneAgent:
         self.stop_signal = None
         self.logger = None
 
-    def start(self) -> None:
-        """Call at the end of a subclass's __init__: share rank 0's weights, load the resumed state, open the run dir
-        and logger (rank 0), and stop at the end of the iteration on SIGTERM / SIGUSR1."""
+    def _start(self) -> None:
+        """Run when the algorithm's __init__ returns (`__init_subclass__`): refuse modules the checkpoint would miss,
+        share rank 0's weights, load the resumed state, open the run dir and logger (rank 0), and stop at the end of
+        the iteration on SIGTERM / SIGUSR1."""
+        hidden = [name for name, value in vars(self).items() if isinstance(value, (list, tuple, dict))
+                  and any(isinstance(item, nn.Module) for item in (value.values() if isinstance(value, dict) else value))]
+        if hidden:
+            raise TypeError(f"{type(self).__name__}.{hidden[0]} holds modules in a plain container, which checkpoints "
+                            "would miss: keep each module as an attribute, or use nn.ModuleList / nn.ModuleDict.")
         if self.rank.world_size > 1:
             for module in self.checkpointed_modules().values():
                 for tensor in [*module.parameters(), *module.buffers()]:
@@ -206,8 +230,11 @@ class FinetuneAgent:
     # ---- optimizers ----------------------------------------------------------------------------
     def add_optimizer(self, name: str, parameters, role: str) -> torch.optim.Optimizer:
         """AdamW with a warmup-cosine LR schedule from train.<role>_lr, <role>_weight_decay and
-        <role>_lr_scheduler (role: actor or critic); saved with checkpoints, stepped once per iteration."""
+        <role>_lr_scheduler (role: actor or critic: an actor's schedule waits for the critic warm-up); saved with
+        checkpoints, stepped once per iteration."""
+        require(role in ("actor", "critic"), f"add_optimizer({name!r}, role={role!r}): role must be actor or critic.")
         train = self.cfg.train
+        self.optimizer_roles[name] = role
         lr = train[f"{role}_lr"]
         optimizer = adamw(parameters, lr=lr, weight_decay=train[f"{role}_weight_decay"], device=self.device)
         self.optimizers[name] = optimizer
@@ -253,7 +280,7 @@ class FinetuneAgent:
     def step_lr_schedulers(self) -> None:
         """One LR-schedule step per iteration; the actor's schedule starts after critic warm-up."""
         for name, scheduler in self.lr_schedulers.items():
-            if name != "actor" or self.update_actor:
+            if self.optimizer_roles[name] != "actor" or self.update_actor:
                 scheduler.step()
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -434,7 +461,7 @@ class FinetuneAgent:
         if not self.rank.is_main:
             return
         state = {
-            "format": CHECKPOINT_FORMAT,
+            "format": FINETUNE_CHECKPOINT_FORMAT,
             "itr": self.itr,
             "env_steps": self.env_steps,
             "wall_time": self.wall_time,
@@ -455,9 +482,9 @@ class FinetuneAgent:
 
     def load(self, path: str) -> None:
         state = load_checkpoint(path)
-        if state.get("format") != CHECKPOINT_FORMAT:
+        if state.get("format") != FINETUNE_CHECKPOINT_FORMAT:
             raise ConfigError(f"{path} was written before policies and algorithms were split (checkpoint format "
-                              f"{state.get('format', 1)}, this code reads {CHECKPOINT_FORMAT}): start a new run from "
+                              f"{state.get('format', 1)}, this code reads {FINETUNE_CHECKPOINT_FORMAT}): start a new run from "
                               "the pre-trained policy instead of resuming it.")
         saved_world = state.get("world_size", 1)
         if saved_world != self.rank.world_size:

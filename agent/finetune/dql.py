@@ -40,7 +40,6 @@ class DQLAgent(FinetuneAgent):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer = self.add_optimizer("actor", self.model.actor_parameters(), role="actor")
         self.critic_optimizer = self.add_optimizer("critic", self.critic.parameters(), role="critic")
-        self.start()
 
     def update(self, rollout: Rollout) -> dict:
         train = self.cfg.train

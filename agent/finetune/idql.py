@@ -47,7 +47,6 @@ class IDQLAgent(FinetuneAgent):
         self.actor_optimizer = self.add_optimizer("actor", self.model.actor_parameters(), role="actor")
         self.critic_v_optimizer = self.add_optimizer("critic_v", self.critic_v.parameters(), role="critic")
         self.critic_q_optimizer = self.add_optimizer("critic_q", self.critic_q.parameters(), role="critic")
-        self.start()
 
     def explore(self, cond: dict):
         return self.selector.explore(cond)

@@ -72,7 +72,6 @@ class PPOAgent(FinetuneAgent):
         self.critic = self.build_critic("critic")
         self.actor_optimizer = self.add_optimizer("actor", self.model.actor_parameters(), role="actor")
         self.critic_optimizer = self.add_optimizer("critic", self.critic.parameters(), role="critic")
-        self.start()
 
     def update(self, rollout: Rollout) -> dict:
         train, model = self.cfg.train, self.model

@@ -34,7 +34,6 @@ class RWRAgent(FinetuneAgent):
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
         self.actor_optimizer = self.add_optimizer("actor", self.model.actor_parameters(), role="actor")
-        self.start()
 
     def update(self, rollout: Rollout) -> dict:
         train = self.cfg.train
