@@ -65,7 +65,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from agent.finetune import base as base_module  # noqa: E402
+from agent.finetune import collection as collection_module  # noqa: E402
 from agent.finetune import dql as dql_module  # noqa: E402
 from agent.finetune import idql as idql_module  # noqa: E402
 from agent.finetune import ppo as ppo_module  # noqa: E402
@@ -359,7 +359,7 @@ def wrap_rollout_phases(clock: PhaseClock, agent) -> None:
         clock.wrap(agent.venv, method, "env_wait")
     clock.wrap(agent, "explore", "sampling")
     clock.wrap(agent, "scale_rewards", "reward_scaling")
-    clock.wrap(base_module, "stack_steps", "rollout_bookkeeping")
+    clock.wrap(collection_module, "stack_steps", "rollout_bookkeeping")
     clock.wrap(agent.tracker, "update", "rollout_bookkeeping")
 
 

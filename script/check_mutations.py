@@ -106,7 +106,7 @@ MUTATIONS = (
     Mutation("Modules in a plain list or dict are refused (checkpoints would miss them)", "agent/finetune/base.py",
              "        if hidden:\n", "        if hidden and False:\n", "check skipped",
              ("tests/test_agent_updates.py::test_modules_in_a_plain_list_are_refused",)),
-    Mutation("An actor optimizer of any name waits for the critic warm-up", "agent/finetune/base.py",
+    Mutation("An actor optimizer of any name waits for the critic warm-up", "agent/finetune/optimization.py",
              'if self.optimizer_roles[name] != "actor" or self.update_actor:', 'if name != "actor" or self.update_actor:',
              "warm-up keyed by the name",
              ("tests/test_agent_updates.py::test_an_actor_optimizer_of_any_name_waits_for_the_critic_warm_up",)),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from agent.finetune.base import curve_panels
+from agent.finetune.evaluation import curve_panels
 from agent.finetune.replay import ReplayBuffer, replay_gradient_steps
 from agent.finetune.returns import episode_returns_to_go
 from model.common.critic import DoubleCriticObsAct, soft_update

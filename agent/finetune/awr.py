@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from agent.finetune.base import FinetuneAgent, mean_metrics
+from agent.finetune.base import FinetuneAgent
+from agent.finetune.metrics import mean_metrics
 from agent.finetune.replay import replay_gradient_steps
 from agent.finetune.returns import gae_from_critic, segment_ends
 from agent.finetune.rollout import Rollout, flatten_steps, index_samples

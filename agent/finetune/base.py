@@ -38,57 +38,40 @@ import functools
 import os
 import signal
 import threading
-import time
 
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from agent.eval.episodes import EpisodeTracker, summarize
-from agent.eval.rollout import run_episodes
+from agent.eval.episodes import EpisodeTracker
+from agent.finetune.checkpointing import Checkpointing
+from agent.finetune.collection import RolloutCollection
+from agent.finetune.evaluation import EvaluationAndLogging
+from agent.finetune.metrics import Timer
+from agent.finetune.optimization import Optimization
 from agent.finetune.replay import ReplayBuffer
-from agent.finetune.rollout import Rollout, index_samples, stack_steps
+from agent.finetune.rollout import Rollout
 from agent.finetune.settings import FinetuneSettings
-from dppo.checkpoint import (
-    FINETUNE_CHECKPOINT_FORMAT,
-    checkpoint_path,
-    last_checkpoint_path,
-    load_checkpoint,
-    load_state_dict_checked,
-    resolve_resume,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from dppo.config import ConfigError, require
-from dppo.distributed import (
-    any_rank,
-    average_gradients,
-    broadcast_tensor,
-    close_distributed,
-    gather_envs,
-    gather_objects,
-    init_distributed,
-    mean_metrics_over_ranks,
-    shard,
-)
+from dppo.checkpoint import last_checkpoint_path, resolve_resume
+from dppo.config import require
+from dppo.distributed import any_rank, broadcast_tensor, init_distributed, mean_metrics_over_ranks
 from dppo.divergence import check_finite
 from dppo.logging import MetricLogger
-from dppo.optimizers import adamw
 from dppo.precision import autocast, check_precision
-from dppo.runtime import prepare_run_dir, set_seed, torch_threads, wandb_config
+from dppo.runtime import prepare_run_dir, set_seed, wandb_config
 from dppo.schedulers import RunningRewardScaler, WarmupCosineLR
 from env.settings import EnvSettings
-from env.vector import cat_samples, concat_steps, make_task_vector_env
+from env.vector import make_task_vector_env
 from model.common.policy import FinetunePolicy
 
-EVAL_SEED_OFFSET = 1_000_000
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a cluster's preemption: checkpoint the iteration, then stop
 
 
-class FinetuneAgent:
+class FinetuneAgent(RolloutCollection, Optimization, EvaluationAndLogging, Checkpointing):
+    """The loop and what an algorithm builds on; collection, optimization, evaluation and checkpoints are the
+    parts in their own files (agent/finetune/collection.py, optimization.py, evaluation.py, checkpointing.py)."""
+
     off_policy = False  # off-policy algorithms get a replay buffer of train.buffer_size chunk-steps per env
     reads_stored = False  # whether `update` reads what the policy's `explore` stores (PPO: chains, log-probs)
     supports_torchrun = True  # data-parallel under torchrun (see the module docstring)
@@ -227,62 +210,6 @@ class FinetuneAgent:
         from the checkpoint's config and module states. The policy itself, unless the algorithm acts otherwise."""
         return policy
 
-    # ---- optimizers ----------------------------------------------------------------------------
-    def add_optimizer(self, name: str, parameters, role: str) -> torch.optim.Optimizer:
-        """AdamW with a warmup-cosine LR schedule from train.<role>_lr, <role>_weight_decay and
-        <role>_lr_scheduler (role: actor or critic: an actor's schedule waits for the critic warm-up); saved with
-        checkpoints, stepped once per iteration."""
-        require(role in ("actor", "critic"), f"add_optimizer({name!r}, role={role!r}): role must be actor or critic.")
-        train = self.cfg.train
-        self.optimizer_roles[name] = role
-        lr = train[f"{role}_lr"]
-        optimizer = adamw(parameters, lr=lr, weight_decay=train[f"{role}_weight_decay"], device=self.device)
-        self.optimizers[name] = optimizer
-        self.lr_schedulers[name] = WarmupCosineLR(optimizer, max_lr=lr, **train[f"{role}_lr_scheduler"])
-        return optimizer
-
-    @property
-    def update_actor(self) -> bool:
-        """False during the first `n_critic_warmup_itr` iterations, when only critics train."""
-        return self.itr >= self.cfg.train.n_critic_warmup_itr
-
-    def actor_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Step the actor after critic warm-up, its gradients clipped to `max_grad_norm` when set."""
-        if self.update_actor:
-            self.optimizer_step(optimizer, self.cfg.train.max_grad_norm)
-
-    def optimizer_step(self, optimizer: torch.optim.Optimizer, max_grad_norm: float | None = None) -> None:
-        """One step of `optimizer` (a critic's as it is; the actor's through `actor_step`): its gradients averaged
-        over the ranks, then clipped to `max_grad_norm` when given."""
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        average_gradients(parameters, self.rank)
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-        optimizer.step()
-
-    # ---- random draws of an update, shared by the ranks ------------------------------------------
-    def shared_randperm(self, n: int) -> torch.Tensor:
-        """A permutation of 0..n-1 (n,) drawn by rank 0 (the single-process draw) and used by every rank."""
-        return broadcast_tensor(torch.randperm(n, device=self.device), self.rank)
-
-    def shared_randint(self, high: int, size: int) -> torch.Tensor:
-        """(size,) indices uniform in 0..high-1 with replacement, drawn by rank 0 and used by every rank."""
-        return broadcast_tensor(torch.randint(high, (size,), device=self.device), self.rank)
-
-    def rank_share(self, x: torch.Tensor) -> torch.Tensor:
-        """This rank's contiguous, equal share of a global minibatch (B, ...) -> (B / world_size, ...)."""
-        return shard(x, self.rank)
-
-    def replay_sample(self, batch_size: int) -> dict:
-        """This rank's share of a global replay batch of `batch_size` samples (fields (B / world_size, ...))."""
-        return self.replay.sample(batch_size, pick=lambda n, size: self.rank_share(self.shared_randint(n, size)))
-
-    def step_lr_schedulers(self) -> None:
-        """One LR-schedule step per iteration; the actor's schedule starts after critic warm-up."""
-        for name, scheduler in self.lr_schedulers.items():
-            if self.optimizer_roles[name] != "actor" or self.update_actor:
-                scheduler.step()
-
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
         train = self.cfg.train
@@ -335,219 +262,3 @@ class FinetuneAgent:
                      last_good=f"checkpoint/last.pt (iteration {self.itr})" if self.itr else "the pre-trained policy")
         self.step_lr_schedulers()
         return metrics
-
-    def reset_envs(self) -> dict:
-        """Reset every env with seeds derived from the iteration, so a resumed run sees the same episodes.
-
-        Every env starts a new episode, so the reward scaler's running returns restart too.
-        """
-        self.tracker = EpisodeTracker(self.n_envs, self.act_steps)
-        self.next_firsts = torch.ones(self.n_envs, dtype=torch.bool, device=self.device)
-        return self.venv.reset(seed=self.cfg.seed + self.itr * self.n_envs_total + self.env_offset)
-
-    def collect_rollout(self, obs: dict) -> tuple[Rollout, dict, dict]:
-        """n_steps exploring action chunks in every env from `obs` {key: (n_envs, To, ...)}.
-
-        The envs come in groups (`env.overlap_rollout`: two): the policy samples the next chunks of one group
-        while the workers of the other step, so sampling and simulation overlap. With one group the two
-        alternate. Torch runs on `train.sampling_threads` meanwhile. Returns the rollout (every rank's, gathered
-        along the env axis, rewards scaled), this rank's observation to continue from, and the rollout's metrics
-        (episodes that finished in it in any rank's envs, env steps, simulator errors).
-        """
-        groups = self.venv.groups
-        steps = {key: [] for key in ("obs", "next_obs", "actions", "stored", "rewards", "terminated", "ends", "firsts",
-                                     "cut")}
-        episodes, env_steps, sim_errors, cut_before = [], 0, 0, self.tracker.n_cut
-        with torch_threads(self.cfg.train.sampling_threads):  # sampling: many small ops, 1 thread by default
-            launched = [self.launch(g, index_samples(obs, group)) for g, group in enumerate(groups)]
-            for t in range(self.cfg.train.n_steps):
-                group_steps = []
-                for g in range(len(groups)):
-                    group_steps.append((*launched[g], self.venv.step_wait(g)))
-                    if t + 1 < self.cfg.train.n_steps:  # group g samples its next chunk while the other group steps
-                        launched[g] = self.launch(g, group_steps[g][-1].obs)
-                step_obs, actions, stored = (cat_samples([group_step[i] for group_step in group_steps]) for i in range(3))
-                result = concat_steps([group_step[3] for group_step in group_steps])
-                ends = result.terminated | result.truncated
-                for key, value in (("obs", step_obs), ("next_obs", result.final_obs), ("actions", actions),
-                                   ("stored", stored), ("rewards", result.reward), ("terminated", result.terminated),
-                                   ("ends", ends), ("firsts", self.next_firsts), ("cut", result.cut & ends)):
-                    steps[key].append(value)
-                finished = self.tracker.update(result.reward, result.n_executed, ends, result.cut, result.success)
-                episodes += [stats for _, stats in finished]
-                env_steps += int(result.n_executed.sum())
-                sim_errors += int(result.sim_errors.sum())
-                self.next_firsts = ends
-                obs = result.obs
-        rollout = self.assemble_rollout({key: stack_steps(values) for key, values in steps.items()})
-        per_rank = gather_objects((episodes, env_steps, sim_errors, self.tracker.n_cut - cut_before,
-                                   self.venv.n_worker_restarts), self.rank)
-        env_steps = sum(counts[1] for counts in per_rank)
-        self.env_steps += env_steps
-        metrics = summarize([episode for counts in per_rank for episode in counts[0]])
-        metrics.update({"iteration_env_steps": env_steps, "sim_errors": sum(counts[2] for counts in per_rank),
-                        "cut_episodes": sum(counts[3] for counts in per_rank),
-                        "worker_restarts": sum(counts[4] for counts in per_rank)})
-        return rollout, obs, metrics
-
-    def assemble_rollout(self, steps: dict) -> Rollout:
-        """This rank's collected steps {obs, next_obs, actions, stored, rewards, terminated, ends, firsts, cut}, each
-        (T, n_envs, ...), -> the iteration's Rollout: every rank's steps side by side (T, n_envs_total, ...), rewards
-        scaled once over all of them."""
-        steps = gather_envs(steps, self.rank)
-        return Rollout(obs=steps["obs"], next_obs=steps["next_obs"], actions=steps["actions"],
-                       stored=steps["stored"], rewards=steps["rewards"],
-                       scaled_rewards=self.scale_rewards(steps["rewards"], steps["firsts"]),
-                       terminated=steps["terminated"], ends=steps["ends"], firsts=steps["firsts"], cut=steps["cut"])
-
-    def launch(self, g: int, obs: dict) -> tuple[dict, torch.Tensor, dict]:
-        """Sample exploring chunks for env group g's observations {key: (group size, To, ...)} and start stepping
-        the group with their first act_steps actions. Returns (obs, actions, stored) of the group."""
-        with torch.no_grad(), self.autocast():  # bf16 sampling: 17% faster at 40 envs, 3x at 800 candidates
-            actions, stored = self.explore(obs)
-        self.venv.step_async(g, actions[:, : self.act_steps])
-        return obs, actions, stored
-
-    def scale_rewards(self, rewards: torch.Tensor, firsts: torch.Tensor) -> torch.Tensor:
-        """(T, N) rewards of one rollout (every rank's envs) -> scaled once for the whole rollout (running std or
-        constant factor)."""
-        if self.reward_scaler is not None:
-            return self.reward_scaler(rewards, firsts)
-        return rewards * self.cfg.train.reward_scale_const
-
-    # ---- evaluation ----------------------------------------------------------------------------
-    def evaluate_and_log(self) -> bool:
-        """Every `val_freq` iterations (and before the first): evaluate, log `eval/*` and redraw the curves.
-
-        Rank 0 evaluates; every rank returns whether this was an evaluation iteration (the envs then need a reset).
-        """
-        val_freq = self.cfg.train.val_freq
-        if val_freq is None or self.itr % val_freq != 0:
-            return False
-        if not self.rank.is_main:
-            return True
-        self.model.eval()
-        timer = Timer()
-        metrics = self.evaluate()
-        metrics["eval_time"] = timer.lap()
-        self.wall_time += metrics["eval_time"]
-        self.model.train()
-        self.logger.log(metrics, step=self.itr, prefix="eval")
-        self.plot_curves()
-        return True
-
-    def evaluate(self) -> dict:
-        """Deterministic acting (`model.act`) for `train.n_eval_episodes` episodes (default: one per env,
-        as the reference does); returns eval metrics (`success_rate` is that of deterministic acting, while
-        train/success_rate is that of the exploring policy). The envs are reset with evaluation seeds first;
-        torch runs on `train.sampling_threads`.
-        """
-        with torch_threads(self.cfg.train.sampling_threads):
-            episodes = run_episodes(
-                self.venv, self.act,
-                n_episodes=self.cfg.train.n_eval_episodes or self.n_envs, act_steps=self.act_steps,
-                seed=self.cfg.seed + EVAL_SEED_OFFSET + self.itr * self.n_envs,
-            )
-        return summarize(episodes)
-
-    # ---- checkpoints -------------------------------------------------------------------------
-    def checkpointed_modules(self) -> dict[str, nn.Module]:
-        """Every nn.Module attribute of the agent by name: the policy `model`, critics, target networks."""
-        return {name: value for name, value in vars(self).items() if isinstance(value, nn.Module)}
-
-    def save(self) -> None:
-        """Rank 0 writes the checkpoint, with every rank's RNG state (a collective: every rank calls it)."""
-        rank_rngs = gather_objects(rng_state(), self.rank)
-        if not self.rank.is_main:
-            return
-        state = {
-            "format": FINETUNE_CHECKPOINT_FORMAT,
-            "itr": self.itr,
-            "env_steps": self.env_steps,
-            "wall_time": self.wall_time,
-            "modules": {name: module.state_dict() for name, module in self.checkpointed_modules().items()},
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-            "lr_schedulers": {name: sched.state_dict() for name, sched in self.lr_schedulers.items()},
-            "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
-            "replay": self.replay.state_dict() if self.replay is not None else None,
-            "rng": rank_rngs[0],
-            "world_size": self.rank.world_size,
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-        }
-        if self.rank.world_size > 1:
-            state["rank_rngs"] = rank_rngs
-        if self.itr % self.cfg.train.save_model_freq == 0:
-            save_checkpoint(checkpoint_path(self.logdir, self.itr), state)
-        save_checkpoint(last_checkpoint_path(self.logdir), state)
-
-    def load(self, path: str) -> None:
-        state = load_checkpoint(path)
-        if state.get("format") != FINETUNE_CHECKPOINT_FORMAT:
-            raise ConfigError(f"{path} was written before policies and algorithms were split (checkpoint format "
-                              f"{state.get('format', 1)}, this code reads {FINETUNE_CHECKPOINT_FORMAT}): start a new run from "
-                              "the pre-trained policy instead of resuming it.")
-        saved_world = state.get("world_size", 1)
-        if saved_world != self.rank.world_size:
-            raise ConfigError(f"{path} was written by {saved_world} process(es) and this run has {self.rank.world_size}: "
-                              f"resume it with as many (torchrun --nproc_per_node={saved_world} ...), or start anew.")
-        for name, module in self.checkpointed_modules().items():
-            load_state_dict_checked(module, state["modules"][name], what=f"{path} ({name})")
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-        for name, scheduler in self.lr_schedulers.items():
-            scheduler.load_state_dict(state["lr_schedulers"][name])
-        if self.reward_scaler is not None:
-            self.reward_scaler.load_state_dict(state["reward_scaler"])
-        if self.replay is not None:
-            self.replay.load_state_dict(state["replay"])
-        set_rng_state(state["rank_rngs"][self.rank.rank] if self.rank.world_size > 1 else state["rng"])
-        self.itr, self.env_steps, self.wall_time = state["itr"], state["env_steps"], state["wall_time"]
-        if self.rank.is_main:
-            print(f"Resumed from {path} at iteration {self.itr}")
-
-    def plot_curves(self) -> None:
-        """curves.png: train and eval return, then one panel per loss the algorithm logs."""
-        self.logger.plot(curve_panels(self.logger.keys))
-
-    def finish(self) -> None:
-        if self.rank.is_main:
-            self.plot_curves()
-            self.logger.close()
-        self.venv.close()
-        close_distributed()
-
-
-def curve_panels(logged_keys) -> dict[str, list[str]]:
-    """Panels of curves.png: {"reward": train and eval return}, {"success": train and eval success rate} when
-    logged, and one panel per logged `train/*loss` key."""
-    panels = {"reward": ["train/episode_return", "eval/episode_return"]}
-    if "train/success_rate" in logged_keys or "eval/success_rate" in logged_keys:
-        panels["success"] = ["train/success_rate", "eval/success_rate"]
-    panels.update({key.removeprefix("train/"): [key] for key in logged_keys
-                   if key.startswith("train/") and key.endswith("loss")})
-    return panels
-
-
-def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
-    """1 - Var(returns - values) / Var(returns); nan when the returns do not vary."""
-    var_returns = returns.var()
-    if var_returns == 0:
-        return float("nan")
-    return float(1 - (returns - values).var() / var_returns)
-
-
-def mean_metrics(history: dict[str, list[float]]) -> dict:
-    """{key: mean of its values} over the keys that have values."""
-    return {key: float(np.mean(values)) for key, values in history.items() if values}
-
-
-class Timer:
-    """Wall-clock seconds since construction or the last `lap()`."""
-
-    def __init__(self):
-        self.last = time.perf_counter()
-
-    def lap(self) -> float:
-        now = time.perf_counter()
-        elapsed, self.last = now - self.last, now
-        return elapsed

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import hydra
 from omegaconf import DictConfig
 
-from agent.finetune.base import FinetuneAgent, mean_metrics
+from agent.finetune.base import FinetuneAgent
+from agent.finetune.metrics import mean_metrics
 from agent.finetune.replay import replay_gradient_steps
 from agent.finetune.rollout import Rollout
 from agent.finetune.settings import ReplaySettings

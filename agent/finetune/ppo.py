@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from agent.finetune.base import FinetuneAgent, explained_variance, mean_metrics
+from agent.finetune.base import FinetuneAgent
+from agent.finetune.metrics import explained_variance, mean_metrics
 from agent.finetune.returns import gae_from_critic, segment_ends
 from agent.finetune.rollout import Rollout, flatten_steps, index_samples, map_batches
 from agent.finetune.settings import EpochSettings

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from agent.finetune.base import FinetuneAgent, mean_metrics
+from agent.finetune.base import FinetuneAgent
+from agent.finetune.metrics import mean_metrics
 from agent.finetune.returns import episode_returns_to_go
 from agent.finetune.rollout import Rollout, flatten_steps, index_samples
 from agent.finetune.settings import EpochSettings
