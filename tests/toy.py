@@ -60,7 +60,7 @@ def toy_overrides(policy_path, logdir) -> list[str]:
         "env.family=gym", f"env.id={ENV_ID}", f"obs_dim={OBS_DIM}", f"action_dim={ACTION_DIM}",
         f"horizon_steps={HORIZON}", f"act_steps={HORIZON}", "cond_steps=1", f"base_policy_path={policy_path}",
         "normalization_path=null", f"logdir={logdir}", "wandb=null", "device=cpu", "env.asynchronous=false",
-        f"model.network.mlp_dims={HIDDEN}", "dataset_dir=unused",
+        f"model.network.mlp_dims={HIDDEN}", "dataset_dir=unused", f"max_episode_steps={MAX_STEPS}",
     ]
 
 

@@ -30,7 +30,7 @@ from model.rl.weighted_regression import exponential_weights, standardize, value
 @dataclass
 class AWRTrainSettings(ReplaySettings):
     gae_lambda: float = setting("TD(lambda) of the critic's targets", low=0, high=1)
-    beta: float = setting("inverse temperature of the weights exp(beta * standardized advantage)", low=0)
+    beta: float = setting("inverse temperature of the weights exp(beta * standardized advantage) (< 0: prefers the worst)")
     max_adv_weight: float = setting("the weights' upper clip", above=0)
     critic_update_ratio: int = setting("actor steps per critic step", low=1)
 

@@ -25,7 +25,7 @@ from model.rl.dql import dql_actor_loss, dql_critic_loss
 
 @dataclass
 class DQLTrainSettings(ReplaySettings):
-    eta: float = setting("weight of the normalized Q term in the actor loss", low=0)
+    eta: float = setting("weight of the normalized Q term in the actor loss (< 0: descends Q)")
     bc_on: str = setting("BC term on the freshly drawn chunk (the reference) or on the replayed one",
                          choices=("drawn", "replay"))
     target_ema_rate: float = setting("Polyak rate of the target critics", low=0, high=1)

@@ -26,7 +26,7 @@ RETURN_EPS = 1e-3  # the reference standardizes DRWR returns with the population
 
 @dataclass
 class RWRTrainSettings(EpochSettings):
-    beta: float = setting("inverse temperature of the weights exp(beta * standardized return)", low=0)
+    beta: float = setting("inverse temperature of the weights exp(beta * standardized return) (< 0: prefers the worst)")
     max_reward_weight: float = setting("the weights' upper clip", above=0)
 
 
