@@ -108,6 +108,10 @@ def validate_config(cfg: DictConfig, overridden: frozenset[str] = frozenset()) -
     drop_keys_the_policy_ignores(cfg, overridden)
     for group, schema in getattr(get_class(cfg._target_), "settings_schemas", dict)().items():
         check_group(cfg, group, schema)
+    if "env" in cfg and "max_episode_steps" in cfg:
+        require(OmegaConf.select(cfg, "env.kwargs.max_episode_steps") == cfg.max_episode_steps,
+                f"max_episode_steps={cfg.max_episode_steps} does not reach the env: the task file's env.kwargs must "
+                "pass it on (env: kwargs: max_episode_steps: ${max_episode_steps}).")
     if "denoising_steps" in cfg:
         require(isinstance(cfg.denoising_steps, int) and cfg.denoising_steps >= 1,
                 f"denoising_steps={cfg.denoising_steps} must be an int >= 1 (the diffusion chain's steps).")

@@ -284,6 +284,8 @@ env_name: pendulum
 env:
   family: gym
   id: InvertedPendulum-v5
+  kwargs:
+    max_episode_steps: ${{max_episode_steps}}
 obs_dim: 4
 action_dim: 1
 max_episode_steps: 1000

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import compose_config
 
-from dppo.config import validate_config
+from dppo.config import ConfigError, validate_config
 from env.families import make_family_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,3 +79,9 @@ def test_docs_settings_md_is_what_the_schemas_give():
 
     with open(os.path.join(REPO, "docs", "SETTINGS.md")) as f:
         assert f.read() == settings_reference.reference(), "run python script/settings_reference.py"
+
+
+def test_a_task_whose_env_does_not_get_its_max_episode_steps_is_refused():
+    cfg = compose_config("ft_ppo_diffusion_mlp", ["env.kwargs={}", "device=cpu"])
+    with pytest.raises(ConfigError, match=r"max_episode_steps=1000 does not reach the env: the task file's env.kwargs"):
+        validate_config(cfg)
