@@ -82,6 +82,6 @@ def test_docs_settings_md_is_what_the_schemas_give():
 
 
 def test_a_task_whose_env_does_not_get_its_max_episode_steps_is_refused():
-    cfg = compose_config("ft_ppo_diffusion_mlp", ["env.kwargs={}", "device=cpu"])
+    cfg = compose_config("ft_ppo_diffusion_mlp", ["~env.kwargs.max_episode_steps", "device=cpu"])
     with pytest.raises(ConfigError, match=r"max_episode_steps=1000 does not reach the env: the task file's env.kwargs"):
         validate_config(cfg)
