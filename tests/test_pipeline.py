@@ -97,6 +97,9 @@ def test_finetuning_two_iterations(pretrained, tmp_path):
 
 
 REPLAY = ["train.buffer_size=8", "train.replay_ratio=2", "train.n_critic_warmup_itr=1"]
+# DSRL: the first iteration acts as the BC policy and fills the replay, the second learns (8 / 2 rounds of 2 steps).
+DSRL = ["train.init_rollout_steps=8", "train.utd=2", "train.noise_critic_grad_steps=1", "train.buffer_size=16",
+        "noise_actor.mlp_dims=[32,32,32]"]
 # Every algorithm x policy preset: 2 iterations on Hopper from a tiny pre-trained policy of its kind.
 PAIRS = {
     "ft_ppo_diffusion_mlp": ["ft_denoising_steps=4"],
@@ -111,6 +114,8 @@ PAIRS = {
     "ft_dql_flow_mlp": REPLAY,
     "ft_idql_diffusion_mlp": REPLAY + ["critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]"],
     "ft_idql_flow_mlp": REPLAY + ["critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]"],
+    "ft_dsrl_diffusion_mlp": DSRL,
+    "ft_dsrl_flow_mlp": DSRL + ["train.variant=sac"],
 }
 
 
@@ -143,6 +148,16 @@ def test_every_algorithm_and_policy_fine_tunes_two_iterations_on_hopper(tiny_pol
     assert all(np.isfinite(v) for r in train for k, v in r.items() if k.endswith("loss"))
     assert [r["step"] for r in rows if "eval/episode_return" in r] == [0, 2]
     assert os.path.exists(tmp_path / "checkpoint" / "last.pt")
+
+
+def test_dsrl_refuses_the_gaussian_policy_in_one_line(tiny_policy_dirs, tmp_path):
+    """DSRL steers a chain's initial noise; the Gaussian policy has none: one line that names the policies to use."""
+    overrides = TINY_MODEL + [f"dataset_dir={tiny_policy_dirs['gaussian']}", f"logdir={tmp_path}", "env.n_envs=1",
+                              "env.asynchronous=false", "policy=gaussian"]
+    with pytest.raises(ValueError) as error:
+        run_config("ft_dsrl_diffusion_mlp", overrides)
+    assert startup_error_line(error.value) == startup_error_line(error.value).splitlines()[0]
+    assert "GaussianModel draws its chunk without one: use policy=diffusion or policy=flow" in str(error.value)
 
 
 def test_ddim_without_ddim_steps_gets_one_line():

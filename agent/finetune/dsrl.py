@@ -81,6 +81,11 @@ class DSRLAgent(FinetuneAgent):
         """Whether this iteration acts as the BC policy does: its first chunk-step comes before init_rollout_steps."""
         return self.itr * self.cfg.train.n_steps < self.cfg.train.init_rollout_steps
 
+    def step_lr_schedulers(self) -> None:
+        """The schedules start with learning, after the BC policy's iterations."""
+        if not self.collecting_base_steps:
+            super().step_lr_schedulers()
+
     def explore(self, cond: dict) -> tuple[torch.Tensor, dict]:
         if self.collecting_base_steps:
             return self.steering.base_explore(cond)
