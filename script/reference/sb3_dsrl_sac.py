@@ -36,11 +36,12 @@ def layer_norm_mlp(input_dim: int, output_dim: int, net_arch: list[int]) -> nn.S
 
 
 def dsrl_sac(obs_dim: int, noise_dim: int, net_arch: list[int], batch_size: int = 256, action_magnitude: float = 1.5,
-             lr: float = 3e-4, tau: float = 0.005, gamma: float = 0.99, target_entropy: float = 0.0) -> SAC:
+             lr: float = 3e-4, tau: float = 0.005, gamma: float = 0.99, target_entropy: float = 0.0,
+             device: str = "cpu") -> SAC:
     """SAC as train_dsrl.py configures it (ent_coef "auto" from 1.0, 2 critics, Tanh), with layer norms."""
     env = NoiseSpaceEnv(obs_dim, noise_dim, action_magnitude)
     model = SAC("MlpPolicy", env, learning_rate=lr, batch_size=batch_size, tau=tau, gamma=gamma, learning_starts=0,
-                ent_coef="auto", target_entropy=target_entropy, device="cpu",
+                ent_coef="auto", target_entropy=target_entropy, device=device,
                 policy_kwargs=dict(net_arch=list(net_arch), activation_fn=nn.Tanh, n_critics=2))
     policy = model.policy
     policy.actor.latent_pi = layer_norm_mlp(obs_dim, -1, net_arch)
@@ -48,6 +49,7 @@ def dsrl_sac(obs_dim: int, noise_dim: int, net_arch: list[int], batch_size: int 
         critic.q_networks = nn.ModuleList([layer_norm_mlp(obs_dim + noise_dim, 1, net_arch) for _ in range(2)])
         for index, q_net in enumerate(critic.q_networks):
             critic.add_module(f"qf{index}", q_net)
+    policy.to(model.device)
     policy.critic_target.load_state_dict(policy.critic.state_dict())
     policy.actor.optimizer = torch.optim.Adam(policy.actor.parameters(), lr=lr)
     policy.critic.optimizer = torch.optim.Adam(policy.critic.parameters(), lr=lr)
