@@ -1,5 +1,5 @@
 """One DSRL gradient step of this project's agent equals the reference's (tests/data/reference_dsrl.pt, made by
-script/reference/make_dsrl_fixture.py; see script/reference/README_dsrl.md): DSRL-SAC's critic, actor and entropy
+script/reference/make_dsrl_fixture.py; see script/reference/README.md, "DSRL"): DSRL-SAC's critic, actor and entropy
 temperature updates equal Stable-Baselines3's SAC; DSRL-NA's action-critic TD targets, noise-critic distillation
 and updates equal the reference's `dsrl.py` logic. Same weights, same batch, same random draws; 1e-5."""
 

@@ -1,4 +1,4 @@
-"""Reference numbers of one DSRL gradient step: tests/data/reference_dsrl.pt (see README_dsrl.md).
+"""Reference numbers of one DSRL gradient step: tests/data/reference_dsrl.pt (see README.md, "DSRL").
 
 - "sac": Stable-Baselines3's SAC (installed; shaped as github ajwagen/dsrl builds it, sb3_dsrl_sac.py), one
   `train(gradient_steps=1)` on a fixed batch: its losses, entropy coefficient and the weights after the step.
