@@ -8,6 +8,7 @@ import sys
 import hydra
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_MODEL, compose_config, finetune_overrides, run_config, write_hopper_dataset
 
 from dppo.config import ConfigError, startup_error_line, validate_config
@@ -289,6 +290,25 @@ def test_evaluation_of_a_fine_tuned_idql_checkpoint_chooses_by_q(tiny_policy_dir
 
     actor, _ = load_policy(str(run_dir / "checkpoint" / "last.pt"), "cpu")
     assert isinstance(actor, CandidateSelector) and actor.eval_num_sample == 20
+    results = evaluate_tiny("eval_diffusion_mlp", tiny_policy_dirs["diffusion"], tmp_path / "eval",
+                            [f"checkpoint_path={run_dir / 'checkpoint' / 'last.pt'}"])
+    assert results["n_episodes"] == 2
+
+
+def test_evaluation_of_a_fine_tuned_dsrl_checkpoint_steers_with_its_noise_actor(tiny_policy_dirs, tmp_path):
+    """eval_* on a DSRL checkpoint acts as DSRL does: the frozen policy decodes the noise actor's mean noise."""
+    run_dir = tmp_path / "ft"
+    run_config("ft_dsrl_diffusion_mlp", TINY_MODEL + DSRL + [
+        f"dataset_dir={tiny_policy_dirs['diffusion']}", f"logdir={run_dir}", "env.n_envs=2", "env.asynchronous=false",
+        "train.n_steps=8", "train.n_train_itr=2", "train.batch_size=8", "train.val_freq=null", "denoising_steps=10",
+        "critic.mlp_dims=[32,32,32]"])
+    from agent.eval.eval_agent import load_policy
+    from model.rl.dsrl import NoiseSteering
+
+    actor, _ = load_policy(str(run_dir / "checkpoint" / "last.pt"), "cpu")
+    saved = torch.load(run_dir / "checkpoint" / "last.pt", weights_only=True)["modules"]["noise_actor"]
+    assert isinstance(actor, NoiseSteering) and actor.action_magnitude == 1.5
+    assert all(torch.equal(actor.actor.state_dict()[key], value) for key, value in saved.items())
     results = evaluate_tiny("eval_diffusion_mlp", tiny_policy_dirs["diffusion"], tmp_path / "eval",
                             [f"checkpoint_path={run_dir / 'checkpoint' / 'last.pt'}"])
     assert results["n_episodes"] == 2
