@@ -21,6 +21,7 @@ import copy
 import hydra
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from agent.finetune.base import FinetuneAgent
 from agent.finetune.rollout import Rollout
@@ -58,10 +59,8 @@ class DSRLAgent(FinetuneAgent):
         critic_x_dim = noise_dim if self.variant == "sac" else cfg.act_steps * cfg.action_dim
         self.critic = self.build_critic("critic", x_dim=critic_x_dim)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_critic = self.critic  # the critic whose Q the actor maximizes
         if self.variant == "na":
             self.noise_critic = self.build_critic("critic", x_dim=noise_dim)
-            self.actor_critic = self.noise_critic
             self.noise_critic_optimizer = self.add_optimizer("noise_critic", self.noise_critic.parameters(),
                                                              role="critic")
         self.actor_optimizer = self.add_optimizer(
@@ -75,6 +74,11 @@ class DSRLAgent(FinetuneAgent):
         actor = hydra.utils.instantiate(cfg.noise_actor).to(device)
         load_state_dict_checked(actor, modules["noise_actor"], what="noise_actor")
         return noise_steering(policy, actor.eval(), cfg)
+
+    @property
+    def actor_critic(self) -> nn.Module:
+        """The critic whose Q(s, u) the actor maximizes: the noise critic (NA), or the critic itself (SAC)."""
+        return self.noise_critic if self.variant == "na" else self.critic
 
     @property
     def collecting_base_steps(self) -> bool:
@@ -104,7 +108,7 @@ class DSRLAgent(FinetuneAgent):
             if self.variant == "na":
                 history += [self.noise_critic_step(self.replay_sample(train.batch_size))
                             for _ in range(train.noise_critic_grad_steps)]
-        keys = {key for step in history for key in step}
+        keys = dict.fromkeys(key for step in history for key in step)  # in order of first appearance
         metrics = {key: torch.stack([step[key] for step in history if key in step]).mean().item() for key in keys}
         metrics["gradient_steps"] = sum("critic_loss" in step for step in history)
         return metrics
