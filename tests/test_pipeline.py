@@ -345,3 +345,23 @@ def test_a_new_gymnasium_task_needs_only_its_task_file(tmp_path):
     assert results["n_episodes"] == 2 and results["episode_length"] < 1000  # the pendulum falls
     run_config("ft_ppo_diffusion_mlp", task + finetune_overrides(dataset_dir, tmp_path / "ft", n_train_itr=1))
     assert any("train/pg_loss" in row for row in read_metrics(tmp_path / "ft"))
+
+
+@pytest.mark.parametrize("config_name", ["ft_dsrl_diffusion_mlp", "ft_dsrl_flow_mlp"])
+@pytest.mark.parametrize("task, mlp_dims, train_freq, init_rollout_steps, ddim_steps", [
+    ("hopper", [128, 128, 128], 2, 2001, 5),  # the reference's cfg/gym/dsrl_hopper.yaml
+    ("can", [2048, 2048, 2048], 1, 1501, 8),  # its cfg/robomimic/dsrl_can.yaml
+])
+def test_dsrl_presets_compose_with_the_reference_settings(config_name, task, mlp_dims, train_freq,
+                                                          init_rollout_steps, ddim_steps):
+    cfg = compose_config(config_name, [f"task={task}"])
+    validate_config(cfg)
+    assert cfg._target_ == "agent.finetune.dsrl.DSRLAgent" and cfg.train.variant == "na"
+    assert cfg.env.n_envs == 4 and cfg.train.gamma == 0.99  # DSRL's, not the task's DPPO settings
+    assert cfg.critic.mlp_dims == cfg.noise_actor.mlp_dims == mlp_dims
+    assert (cfg.train.train_freq, cfg.train.init_rollout_steps) == (train_freq, init_rollout_steps)
+    assert (cfg.train.utd, cfg.train.batch_size, cfg.train.action_magnitude) == (20, 256, 1.5)
+    if "_diffusion_" in config_name:
+        assert cfg.model.use_ddim and cfg.model.ddim_steps == ddim_steps
+    else:
+        assert cfg.model._target_ == "model.flow.noisy_flow.NoisyFlowPolicy"
