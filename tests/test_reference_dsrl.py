@@ -11,6 +11,7 @@ from conftest import compose_config
 from reference_weights_dsrl import critic_ensemble_state, noise_actor_state
 from toy import toy_overrides
 
+import agent.finetune.dsrl as dsrl_agent
 from dppo.config import validate_config
 from model.rl.dsrl import TANH_EPS, squashed_gaussian_sample
 
@@ -114,7 +115,6 @@ def test_dsrl_na_step_equals_the_reference(tmp_path, monkeypatch):
 
 def record_calls(monkeypatch, agent) -> dict:
     """The outputs of the agent's calls of soft_td_targets and noise_distillation_targets."""
-    import agent.finetune.dsrl as dsrl_agent
     recorded = {}
     for name in ("soft_td_targets", "noise_distillation_targets"):
         function = getattr(dsrl_agent, name)
