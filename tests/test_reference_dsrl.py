@@ -104,8 +104,8 @@ def test_dsrl_na_step_equals_the_reference(tmp_path, monkeypatch):
         noise_metrics = agent.noise_critic_step(agent_batch(REFERENCE["noise_batch"], settings))
     finally:
         agent.venv.close()
-    close(recorded["soft_td_targets"], case["td_targets"])
-    close(recorded["noise_distillation_targets"], case["distillation_targets"])
+    close(recorded["soft_td_targets"][0], case["td_targets"])
+    close(recorded["critic_regression_loss"][-1][1], case["distillation_targets"])  # the noise critic's (q, targets)
     close(metrics["critic_loss"], case["critic_loss"])
     close(metrics["actor_loss"], case["actor_loss"])
     close(metrics["temperature_loss"], case["ent_coef_loss"])
@@ -114,15 +114,20 @@ def test_dsrl_na_step_equals_the_reference(tmp_path, monkeypatch):
 
 
 def record_calls(monkeypatch, agent) -> dict:
-    """The outputs of the agent's calls of soft_td_targets and noise_distillation_targets."""
-    recorded = {}
-    for name in ("soft_td_targets", "noise_distillation_targets"):
-        function = getattr(dsrl_agent, name)
+    """{name: [output of each call]} of the agent's soft_td_targets, and {name: [positional arguments of each
+    call]} of its critic_regression_loss (the critic's, then the noise critic's (q, targets))."""
+    recorded = {"soft_td_targets": [], "critic_regression_loss": []}
+    soft_td_targets, critic_regression_loss = dsrl_agent.soft_td_targets, dsrl_agent.critic_regression_loss
 
-        def recording(*args, _function=function, _name=name, **kwargs):
-            recorded[_name] = _function(*args, **kwargs)
-            return recorded[_name]
-        monkeypatch.setattr(dsrl_agent, name, recording)
+    def recording_targets(*args):
+        recorded["soft_td_targets"].append(soft_td_targets(*args))
+        return recorded["soft_td_targets"][-1]
+
+    def recording_loss(*args):
+        recorded["critic_regression_loss"].append(args)
+        return critic_regression_loss(*args)
+    monkeypatch.setattr(dsrl_agent, "soft_td_targets", recording_targets)
+    monkeypatch.setattr(dsrl_agent, "critic_regression_loss", recording_loss)
     return recorded
 
 

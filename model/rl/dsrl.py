@@ -146,11 +146,3 @@ def critic_regression_loss(q: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 def actor_loss(q: torch.Tensor, log_prob: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """mean(alpha log pi(u | s) - min_i Q_i(s, u)), u ~ pi(s) reparameterized: q (n, B), log_prob (B,)."""
     return (alpha * log_prob - q.min(dim=0).values).mean()
-
-
-@torch.no_grad()
-def noise_distillation_targets(action_critic: nn.Module, steering: NoiseSteering, cond: dict, act_steps: int,
-                               u: torch.Tensor) -> torch.Tensor:
-    """Q^A_i(s, decode(s, w)) for the noise u = w / action_magnitude (B, Ta * Da) -> (n, B): the values the noise
-    critic Q^W_i(s, u) is fit to (DSRL-NA)."""
-    return action_critic(cond, steering.decode(cond, u)[:, :act_steps])
