@@ -186,10 +186,11 @@ def average_gradients(parameters, rank: Rank) -> None:
 
 
 def mean_metrics_over_ranks(metrics: dict, rank: Rank) -> dict:
-    """The mean over the ranks of every number in `metrics` (one all-reduce); other values as they are."""
+    """The mean over the ranks of every number in `metrics` (one all-reduce, in sorted key order, so that ranks whose
+    dicts list the keys in another order still add value to value); other values as they are."""
     if rank.world_size == 1:
         return metrics
-    keys = [key for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    keys = sorted(key for key, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool))
     total = torch.tensor([float(metrics[key]) for key in keys], dtype=torch.float64, device=rank.device)
     dist.all_reduce(total)
     return {**metrics, **{key: value / rank.world_size for key, value in zip(keys, total.tolist())}}

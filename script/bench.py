@@ -5,6 +5,7 @@
     python script/bench.py --threads 2 --busy 1       # the same with one other CPU-bound process running
     python script/bench.py --json bench.json train.grad_chunk_size=500   # trailing args: Hydra overrides of DPPO
     python script/bench.py --tiny --algorithms dql,idql,awr   # tiny networks and envs: seconds (the tests run it)
+    python script/bench.py --algorithms dsrl           # DSRL-NA's iteration, and DSRL-SAC's step beside SB3's SAC
 
 Figures (docs/PERFORMANCE.md reads them):
 - sampling: median latency of `model.explore` (all K denoising steps, the K' fine-tuned ones kept) for 10, 40
@@ -29,7 +30,12 @@ Figures (docs/PERFORMANCE.md reads them):
   step next to DPPO's iteration in the same precision. For DQL and IDQL also the matmul roofline of their
   update: the products of the first gradient step (recorded as above) timed alone, times the gradient steps;
   per env step against DPPO's whole iteration, it bounds from below the ratio any implementation of those
-  settings could reach on this machine.
+  settings could reach on this machine. DSRL (DSRL-NA at the reference's Hopper settings) also gives its time per
+  gradient step (the update's time over its SAC steps, noise-critic steps included) and its roofline counts one
+  SAC step's products (the decoding of s' included) per SAC step, the noise critic's steps not.
+- dsrl_sac_step (with --algorithms dsrl): one DSRL-SAC gradient step (batch 256, 3 x 128 networks at full size) in
+  each precision and one step of Stable-Baselines3's SAC with the same networks (`SAC.train(1)`, float32, the
+  reference's baseline, script/reference/sb3_dsrl_sac.py), timed alternately in the same process; their ratios.
 
 The machine, torch version, threads and config are written with the figures (JSON with --json, a table on
 stdout). CUDA timings synchronize the device around every timed call.
@@ -38,6 +44,7 @@ stdout). CUDA timings synchronize the device around every timed call.
 import argparse
 import contextlib
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -61,12 +68,14 @@ if __name__ == "__main__":  # and its allocator (dppo/allocator.py)
     use_tcmalloc()
 
 import hydra  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from agent.finetune import collection as collection_module  # noqa: E402
 from agent.finetune import dql as dql_module  # noqa: E402
+from agent.finetune import dsrl as dsrl_module  # noqa: E402
 from agent.finetune import idql as idql_module  # noqa: E402
 from agent.finetune import ppo as ppo_module  # noqa: E402
 from dppo.allocator import loaded_allocator  # noqa: E402
@@ -78,7 +87,8 @@ from dppo.runtime import available_cores, set_threads, torch_threads  # noqa: E4
 CONFIG_NAME = "ft_ppo_diffusion_mlp"
 aten = torch.ops.aten
 MATMUL_OPS = (aten.mm, aten.addmm, aten.bmm, aten.baddbmm)
-ALGORITHM_CONFIGS = {"dql": "ft_dql_diffusion_mlp", "idql": "ft_idql_diffusion_mlp", "awr": "ft_awr_diffusion_mlp"}
+ALGORITHM_CONFIGS = {"dql": "ft_dql_diffusion_mlp", "idql": "ft_idql_diffusion_mlp", "awr": "ft_awr_diffusion_mlp",
+                     "dsrl": "ft_dsrl_diffusion_mlp"}
 FULL = {"sampling_envs": (10, 40, 160), "repeats": 20, "update_repeats": 5, "overrides": [],
         "probe_shape": (50000, 512), "probe_states": 40, "probe_batch": 512}
 TINY_NETWORKS = ["model.network.mlp_dims=[32,32,32]", "base_policy_path=null", "env.n_envs=2",
@@ -95,6 +105,9 @@ TINY = {
         "idql": TINY_NETWORKS + ["critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]", "train.batch_size=4",
                                  "train.replay_ratio=8"],
         "awr": TINY_NETWORKS + ["critic.mlp_dims=[32,32,32]", "train.batch_size=4"],
+        "dsrl": TINY_NETWORKS + ["critic.mlp_dims=[32,32,32]", "noise_actor.mlp_dims=[32,32,32]",
+                                 "train.batch_size=4", "train.utd=2", "train.noise_critic_grad_steps=1",
+                                 "train.train_freq=1"],
     },
 }
 
@@ -432,7 +445,16 @@ def awr_phases(agent):
             (agent.critic, "forward", "critic_forward"), (agent.model, "per_sample_bc_loss", "actor_forward")]
 
 
-ITERATION_PHASES = {"PPOAgent": ppo_phases, "DQLAgent": dql_phases, "IDQLAgent": idql_phases, "AWRAgent": awr_phases}
+def dsrl_phases(agent):
+    """The frozen policy's decoding (of s' in the TD targets, of fresh noise in the distillation) is its own phase."""
+    return [(agent.replay, "sample", "replay_sample"), (agent.steering, "decode", "decode"),
+            (agent.critic, "forward", "critic_forward"), (agent.critic_target, "forward", "critic_forward"),
+            (agent.noise_critic, "forward", "critic_forward"), (agent.noise_actor, "forward", "actor_forward"),
+            (dsrl_module, "soft_update", "target_update")]
+
+
+ITERATION_PHASES = {"PPOAgent": ppo_phases, "DQLAgent": dql_phases, "IDQLAgent": idql_phases, "AWRAgent": awr_phases,
+                    "DSRLAgent": dsrl_phases}
 
 
 def bench_iteration(agent, device: str) -> dict:
@@ -440,18 +462,24 @@ def bench_iteration(agent, device: str) -> dict:
     return timed_iteration(agent, PhaseClock(device), device)
 
 
+def first_full_update_itr(cfg) -> int:
+    """The first iteration whose update trains the actor: after critic warm-up and (DSRL) the BC policy's steps."""
+    return max(cfg.train.n_critic_warmup_itr, math.ceil(cfg.train.get("init_rollout_steps", 0) / cfg.train.n_steps))
+
+
 def bench_algorithm(name: str, overrides: list[str], device: str) -> dict:
-    """One iteration of algorithm `name` (dql, idql, awr) at its paper settings, after critic warm-up."""
+    """One iteration of algorithm `name` (dql, idql, awr, dsrl) at its paper settings, after critic warm-up."""
     with tempfile.TemporaryDirectory() as logdir:
         cfg = compose_cfg(overrides + [f"device={device}"], logdir, ALGORITHM_CONFIGS[name])
         agent = hydra.utils.get_class(cfg._target_)(cfg)
         try:
-            agent.itr = cfg.train.n_critic_warmup_itr  # the actor trains too
+            agent.itr = first_full_update_itr(cfg)  # the actor trains too
             with first_gradient_step_recorded(agent) as recorder:
                 result = bench_iteration(agent, device)
         finally:
             agent.venv.close()
-    if recorder.counts:  # algorithms drawing their batches with replay_sample (DQL, IDQL)
+    result["seconds_per_gradient_step"] = result["update_seconds"] / result["gradient_steps"]
+    if recorder.counts:  # algorithms drawing their batches with replay_sample (DQL, IDQL, DSRL)
         step_seconds = matmul_seconds(recorder.counts, FULL["repeats"], device)
         result["update_roofline"] = {
             "products_per_gradient_step": sum(recorder.counts.values()),
@@ -489,6 +517,47 @@ def first_gradient_step_recorded(agent):
     finally:
         recorder.stop()
         del agent.replay_sample
+
+
+def bench_dsrl_sac_step(overrides: list[str], device: str, repeats: int) -> dict:
+    """One DSRL-SAC gradient step (in each precision) and one of Stable-Baselines3's SAC (float32) with the same
+    networks and batch size, timed alternately (so that a machine's load weighs on all alike), on a replay batch of
+    random Hopper-shaped rows."""
+    sys.path.insert(0, os.path.join(REPO, "script", "reference"))
+    from sb3_dsrl_sac import dsrl_sac
+
+    with tempfile.TemporaryDirectory() as logdir:
+        cfg = compose_cfg(overrides + [f"device={device}", "train.variant=sac"], logdir, ALGORITHM_CONFIGS["dsrl"])
+        agent = hydra.utils.get_class(cfg._target_)(cfg)
+        try:
+            size, chunk = cfg.train.batch_size, (cfg.horizon_steps, cfg.action_dim)
+            obs_shape = (size, cfg.cond_steps, cfg.obs_dim)
+            batch = {"obs": {"state": torch.randn(obs_shape, device=device)},
+                     "next_obs": {"state": torch.randn(obs_shape, device=device)},
+                     "actions": torch.rand(size, *chunk, device=device) * 2 - 1,
+                     "stored": {"noise": torch.rand(size, *chunk, device=device) * 2 - 1},
+                     "rewards": torch.randn(size, device=device),
+                     "terminated": torch.zeros(size, dtype=torch.bool, device=device)}
+            sb3 = dsrl_sac(cfg.obs_dim * cfg.cond_steps, chunk[0] * chunk[1], list(cfg.critic.mlp_dims), size,
+                           cfg.train.action_magnitude, device=device)
+            for row in range(size):
+                sb3.replay_buffer.add(batch["obs"]["state"][row].flatten().cpu().numpy()[None],
+                                      batch["next_obs"]["state"][row].flatten().cpu().numpy()[None],
+                                      batch["stored"]["noise"][row].flatten().cpu().numpy()[None],
+                                      batch["rewards"][row:row + 1].cpu().numpy(), np.zeros(1), [{}])
+            ours, theirs = {precision: [] for precision in PRECISIONS}, []
+            for _ in range(repeats):  # alternately, each the median of 10 steps
+                for precision in PRECISIONS:
+                    with running_in(agent, precision):
+                        ours[precision].append(median_seconds(lambda: agent.gradient_step(batch), 10, device))
+                theirs.append(median_seconds(lambda: sb3.train(1, size), 10, device))
+        finally:
+            agent.venv.close()
+    sb3_seconds = statistics.median(theirs)
+    result = {"sb3_seconds": sb3_seconds, "batch_size": size, "mlp_dims": list(cfg.critic.mlp_dims)}
+    for precision, times in ours.items():
+        result[precision] = {"seconds": statistics.median(times), "speedup": sb3_seconds / statistics.median(times)}
+    return result
 
 
 def busy_loop() -> None:
@@ -539,6 +608,9 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
         results["algorithms"] = {
             name: bench_algorithm(name, mode["algorithm_overrides"][name] if tiny else [], device)
             for name in algorithms}
+        if "dsrl" in algorithms:
+            results["dsrl_sac_step"] = bench_dsrl_sac_step(mode["algorithm_overrides"]["dsrl"] if tiny else [],
+                                                           device, mode["repeats"])
     finally:
         for process in loaders:
             process.terminate()
@@ -632,6 +704,13 @@ def table(report: dict) -> str:
             rows.append((f"  {name} update's matmul roofline alone", f"{roofline['seconds']:.2f} s "
                          f"({roofline['seconds_per_gradient_step'] * 1e3:.1f} ms per gradient step), "
                          f"{roofline['per_env_step_vs_dppo']:.2f}x DPPO's whole iteration per env step"))
+        rows.append((f"  {name} time per gradient step", f"{result['seconds_per_gradient_step'] * 1e3:.2f} ms"))
+    if "dsrl_sac_step" in report:
+        step = report["dsrl_sac_step"]
+        for precision in PRECISIONS:
+            rows.append((f"DSRL-SAC step {precision} / SB3 SAC step fp32 (batch {step['batch_size']}, {step['mlp_dims']})",
+                         f"{step[precision]['seconds'] * 1e3:.2f} / {step['sb3_seconds'] * 1e3:.2f} ms, "
+                         f"{step[precision]['speedup']:.2f}x faster"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 

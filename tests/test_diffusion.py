@@ -366,3 +366,31 @@ def test_embedding_each_distinct_step_once_gives_the_rows_and_gradients_of_embed
     torch.testing.assert_close(once, every_row, rtol=1e-6, atol=1e-6)
     for a, b in zip(grads_once, (p.grad for p in embedding.parameters())):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_ddim", [False, True])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_sampling_from_the_noise_the_sampler_would_draw_gives_its_chunk(use_ddim, deterministic):
+    """sample(noise=x_S) with x_S the sampler's own first draw reproduces the chunk of sample() (the later draws
+    follow in the same order); the chunk depends on that noise."""
+    model = make_model(use_ddim=use_ddim, ddim_steps=5 if use_ddim else None, ddim_eta=1.0)
+    cond = make_cond(6)
+    torch.manual_seed(3)
+    drawn = model.sample(cond, deterministic=deterministic).actions
+    torch.manual_seed(3)
+    noise = torch.randn(6, TA, DA)
+    given = model.sample(cond, deterministic=deterministic, noise=noise).actions
+    torch.testing.assert_close(given, drawn, atol=0, rtol=0)
+    other = model.sample(cond, deterministic=deterministic, noise=noise + 1).actions
+    assert not torch.allclose(other, given)
+
+
+def test_ddim_deterministic_decoding_is_a_function_of_the_noise():
+    """DDIM with eta 0 (evaluation, DSRL's decoder): the same noise gives the same chunk, whatever the RNG state."""
+    model = make_model(use_ddim=True, ddim_steps=5)
+    cond, noise = make_cond(6), torch.randn(6, TA, DA, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(0)
+    first = model.act(cond, noise=noise)
+    torch.manual_seed(1)
+    torch.testing.assert_close(model.act(cond, noise=noise), first, atol=0, rtol=0)
+    assert model.decodes_noise

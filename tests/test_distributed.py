@@ -56,6 +56,30 @@ def test_shards_of_a_global_batch_cover_it_once():
     assert shards == [[0, 1, 2, 3], [4, 5, 6]]
 
 
+RANK_METRICS = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {repo!r})
+from dppo.distributed import Rank, mean_metrics_over_ranks
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+metrics = {{"a": 1.0, "b": 10.0, "name": "x"}} if rank == 0 else {{"b": 30.0, "a": 3.0, "name": "x"}}
+result = mean_metrics_over_ranks(metrics, Rank(rank, 2, "cpu"))
+if rank == 0:
+    torch.save(result, {out!r})
+dist.destroy_process_group()
+"""
+
+
+def test_metrics_are_averaged_key_by_key_whatever_order_each_rank_lists_them(tmp_path):
+    script, out = tmp_path / "metrics.py", tmp_path / "result.pt"
+    script.write_text(RANK_METRICS.format(repo=REPO, out=str(out)))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script)], env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(out, weights_only=True) == {"a": 2.0, "b": 20.0, "name": "x"}
+
+
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     stdout, run_dir, single = pretrain_both_ways("pre_gaussian_mlp", tmp_path)
 

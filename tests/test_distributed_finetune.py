@@ -110,6 +110,21 @@ def test_an_awr_update_split_over_two_ranks_equals_one_process_on_all_samples(ti
         assert two["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-4), key
 
 
+def test_a_dsrl_update_over_two_ranks_learns_as_one_process(tiny_policies, tmp_path):
+    """DSRL-NA from the same collected steps on 1 and 2 processes: the same gradient steps and metrics, the
+    temperature where one process puts it. Each rank draws its own actor and distillation noise for its share of the
+    batch, so the two runs differ by sampling, not by design: the temperature after 8 steps of lr 3e-4 lies within
+    8 * 3e-4 of 1 either way (its metric, averaged over the ranks, once mixed the ranks' metrics in two orders)."""
+    extra = ["train.batch_size=8", "train.buffer_size=16", "train.init_rollout_steps=0", "train.utd=2",
+             "train.noise_critic_grad_steps=2", "noise_actor.mlp_dims=[32,32,32]", "denoising_steps=5"]
+    one, two = update_both_ways("ft_dsrl_diffusion_mlp", tiny_policies, tmp_path, extra)
+    assert one["metrics"].keys() == two["metrics"].keys()
+    assert one["metrics"]["gradient_steps"] == two["metrics"]["gradient_steps"] == 8  # 8 steps / 2 x 2
+    for run in (one, two):
+        assert abs(run["metrics"]["temperature"] - 1) < 8 * 3e-4
+        assert abs(run["modules"]["temperature"]["log_alpha"]) < 8 * 3e-4
+
+
 def test_the_tasks_of_a_slurm_job_step_are_the_ranks(tiny_policies, tmp_path):
     assert first_slurm_host("gpu[03-05,7],cpu1") == "gpu03" and first_slurm_host("node1,node2") == "node1"
     assert first_slurm_host("localhost") == "localhost"

@@ -4,6 +4,7 @@ a known optimum.
 The task (tests/toy.py) is a 1-D reach of at most 10 steps acted in chunks of 2: the demonstrations drift away
 from the goal (return about -6.7), the optimum is -1. A few seconds of fine-tuning with a fixed seed must close at
 least half of that gap in deterministic evaluation; a flipped sign, or DQL without its Q term, does not.
+DSRL only steers the frozen policy within what its noise decodes to, so it has its own bar (DSRL_GAP_TO_CLOSE).
 """
 
 import json
@@ -15,6 +16,7 @@ import torch
 from conftest import compose_config
 from toy import DEMO_RETURN, OPTIMUM, pretrain_toy_policy, toy_overrides
 
+import agent.finetune.dsrl as dsrl_agent
 import model.rl.ppo as ppo_losses
 from dppo.config import ConfigError, validate_config
 
@@ -66,6 +68,14 @@ ALGORITHMS = {
     "ft_idql_diffusion_mlp": IDQL + DIFFUSION,
     "ft_idql_flow_mlp": IDQL,
 }
+# DSRL steers the frozen BC policy's initial noise: the chunks it can reach are those the policy decodes from noise
+# within +-action_magnitude. At 1.5 (Hopper's) the toy policy decodes about -0.24 at best (return ~-6.3, 6% of
+# the gap); at 5 about +0.3 to +0.5 (~-3.4, 58% of the gap at the best constant chunk).
+DSRL = ["train.n_train_itr=8", "train.val_freq=4", "train.action_magnitude=5", "train.init_rollout_steps=16",
+        "train.batch_size=64", "train.buffer_size=64", "train.utd=10", "train.noise_critic_grad_steps=5",
+        "train.initial_temperature=0.05", "train.critic_lr=1e-3", "noise_actor.mlp_dims=[32,32,32]"] + CRITIC + DIFFUSION
+DSRL_GAP_TO_CLOSE = 0.3
+SETTINGS = ALGORITHMS | {"ft_dsrl_diffusion_mlp": DSRL}
 POLICY_KINDS = ("gaussian", "flow", "diffusion")
 TIME_METRICS = {"train/env_steps_per_s", "train/rollout_time", "train/update_time", "eval/eval_time",
                 "train/wall_time"}
@@ -88,7 +98,7 @@ def eval_returns(run_dir) -> list[float]:
 
 
 def run_toy(config_name, policy, run_dir, extra):
-    cfg = compose_config(config_name, toy_overrides(policy, run_dir) + COMMON + ALGORITHMS[config_name] + extra)
+    cfg = compose_config(config_name, toy_overrides(policy, run_dir) + COMMON + SETTINGS[config_name] + extra)
     validate_config(cfg)
     agent = hydra.utils.get_class(cfg._target_)(cfg)
     agent.run()
@@ -144,13 +154,34 @@ def test_dql_without_its_q_term_stays_where_it_was(toy_policies, tmp_path):
     assert abs(closed) < STILL, f"DQL without its Q term: eval return {before:.2f} -> {after:.2f}"
 
 
-def test_off_policy_resume_brings_the_replay_buffer_back(toy_policies, tmp_path):
-    """DQL for 4 iterations straight equals 2 iterations, then a resumed run to 4: same replay, same metrics."""
-    extra = ["train.val_freq=2", "train.reset_at_iteration=true"]
+@pytest.mark.parametrize("variant", ["sac", "na"])
+def test_dsrl_steers_toward_the_optimum(variant, toy_policies, tmp_path):
+    before, after, closed = fine_tune("ft_dsrl_diffusion_mlp", toy_policies, tmp_path, [f"train.variant={variant}"])
+    assert closed >= DSRL_GAP_TO_CLOSE, (f"DSRL-{variant}: eval return {before:.2f} -> {after:.2f} closed {closed:.0%} "
+                                         f"of the gap to {OPTIMUM}, expected {DSRL_GAP_TO_CLOSE:.0%}")
+
+
+def test_dsrl_with_a_flipped_critic_steers_away_from_the_optimum(toy_policies, tmp_path, monkeypatch):
+    """The noise actor following -Q: the steering comes from the critic, not from the entropy bonus or chance.
+    (DSRL-SAC: NA's noise critic sees only w ~ N(0, I), which this toy's magnitude of 5 leaves far behind.)"""
+    actor_loss = dsrl_agent.actor_loss
+    monkeypatch.setattr(dsrl_agent, "actor_loss", lambda q, log_prob, alpha: actor_loss(-q, log_prob, alpha))
+    before, after, _ = fine_tune("ft_dsrl_diffusion_mlp", toy_policies, tmp_path, ["train.variant=sac"])
+    assert after < before, f"DSRL-SAC minimizing Q: eval return {before:.2f} -> {after:.2f}, expected it to fall"
+
+
+@pytest.mark.parametrize("config_name, extra", [
+    ("ft_dql_diffusion_mlp", []),
+    ("ft_dsrl_diffusion_mlp", ["train.init_rollout_steps=16", "train.utd=2", "train.noise_critic_grad_steps=2"]),
+])
+def test_off_policy_resume_brings_the_replay_buffer_back(config_name, extra, toy_policies, tmp_path):
+    """4 iterations straight equal 2 iterations, then a resumed run to 4: same replay (with what the agent stored
+    beside each chunk: DSRL's noise), same metrics."""
+    extra = extra + ["train.val_freq=2", "train.reset_at_iteration=true"]
     policy = toy_policies["diffusion"]
-    straight = run_toy("ft_dql_diffusion_mlp", policy, tmp_path / "straight", extra + ["train.n_train_itr=4"])
-    run_toy("ft_dql_diffusion_mlp", policy, tmp_path / "resumed", extra + ["train.n_train_itr=2"])
-    resumed = run_toy("ft_dql_diffusion_mlp", policy, tmp_path / "other",
+    straight = run_toy(config_name, policy, tmp_path / "straight", extra + ["train.n_train_itr=4"])
+    run_toy(config_name, policy, tmp_path / "resumed", extra + ["train.n_train_itr=2"])
+    resumed = run_toy(config_name, policy, tmp_path / "other",
                       extra + ["train.n_train_itr=4", f"resume={tmp_path / 'resumed'}"])
     assert resumed.logdir == str(tmp_path / "resumed")
     want, got = straight.replay.ordered(), resumed.replay.ordered()
@@ -158,6 +189,9 @@ def test_off_policy_resume_brings_the_replay_buffer_back(toy_policies, tmp_path)
         assert torch.equal(got[key], want[key]), key
     for key in ("obs", "next_obs"):
         assert torch.equal(got[key]["state"], want[key]["state"]), key
+    assert got.get("stored", {}).keys() == want.get("stored", {}).keys()
+    for key in want.get("stored", {}):
+        assert torch.equal(got["stored"][key], want["stored"][key]), key
     assert want["ends"].any() and want["firsts"].any(), "the replay holds episode boundaries"
 
     def rows(run_dir):

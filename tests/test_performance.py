@@ -99,7 +99,7 @@ def test_bench_tiny_mode_reports_every_figure(tmp_path):
     algorithm, every phase was timed where it runs, and no phase is counted twice (their sum stays within the
     iteration's time); the patched functions are restored afterwards."""
     backward = torch.autograd.backward
-    report = bench.main(["--tiny", "--threads", "1", "--algorithms", "dql,idql,awr",
+    report = bench.main(["--tiny", "--threads", "1", "--algorithms", "dql,idql,awr,dsrl",
                          "--json", str(tmp_path / "bench.json")])
     assert torch.autograd.backward is backward
     assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(report))
@@ -129,6 +129,8 @@ def test_bench_tiny_mode_reports_every_figure(tmp_path):
                                                  "actor_chain_forward", "actor_bc_forward", "target_update"},
         "idql": rollout_phases | update_phases | {"replay_sample", "critic_forward", "actor_forward", "target_update"},
         "awr": rollout_phases | update_phases | {"replay_sample", "td_lambda", "critic_forward", "actor_forward"},
+        "dsrl": rollout_phases | update_phases | {"replay_sample", "decode", "critic_forward", "actor_forward",
+                                                  "target_update"},
     }
     iterations = {**{p: report["iteration"][p] for p in ("fp32", "bf16")}, **report["algorithms"]}
     for name, iteration in iterations.items():
@@ -142,7 +144,12 @@ def test_bench_tiny_mode_reports_every_figure(tmp_path):
         assert iteration["rollout_vs_bound"] > 0 if name in ("fp32", "bf16") else iteration["per_env_step_vs_dppo"] > 0
     assert report["iteration"]["fp32"]["calls"]["sampling"] == 3  # one explore per chunk-step, 3 chunk-steps
     assert report["algorithms"]["dql"]["calls"]["target_update"] == report["algorithms"]["dql"]["gradient_steps"]
-    for name in ("dql", "idql"):  # the first gradient step's matmuls, times the steps
+    assert report["algorithms"]["dsrl"]["calls"]["target_update"] == report["algorithms"]["dsrl"]["gradient_steps"]
+    assert report["algorithms"]["dsrl"]["gradient_steps"] == 3 * 2  # 3 chunk-steps, train_freq 1, utd 2
+    step = report["dsrl_sac_step"]
+    assert step["sb3_seconds"] > 0 and all(step[p]["speedup"] == pytest.approx(step["sb3_seconds"] / step[p]["seconds"])
+                                           for p in ("fp32", "bf16"))
+    for name in ("dql", "idql", "dsrl"):  # the first gradient step's matmuls, times the steps
         roofline = report["algorithms"][name]["update_roofline"]
         assert roofline["products_per_gradient_step"] > 0
         assert roofline["seconds"] == pytest.approx(roofline["seconds_per_gradient_step"]

@@ -8,6 +8,7 @@ import sys
 import hydra
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_MODEL, compose_config, finetune_overrides, run_config, write_hopper_dataset
 
 from dppo.config import ConfigError, startup_error_line, validate_config
@@ -97,6 +98,9 @@ def test_finetuning_two_iterations(pretrained, tmp_path):
 
 
 REPLAY = ["train.buffer_size=8", "train.replay_ratio=2", "train.n_critic_warmup_itr=1"]
+# DSRL: the first iteration acts as the BC policy and fills the replay, the second learns (8 / 2 rounds of 2 steps).
+DSRL = ["train.init_rollout_steps=8", "train.utd=2", "train.noise_critic_grad_steps=1", "train.buffer_size=16",
+        "noise_actor.mlp_dims=[32,32,32]"]
 # Every algorithm x policy preset: 2 iterations on Hopper from a tiny pre-trained policy of its kind.
 PAIRS = {
     "ft_ppo_diffusion_mlp": ["ft_denoising_steps=4"],
@@ -111,6 +115,8 @@ PAIRS = {
     "ft_dql_flow_mlp": REPLAY,
     "ft_idql_diffusion_mlp": REPLAY + ["critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]"],
     "ft_idql_flow_mlp": REPLAY + ["critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]"],
+    "ft_dsrl_diffusion_mlp": DSRL,
+    "ft_dsrl_flow_mlp": DSRL + ["train.variant=sac"],
 }
 
 
@@ -143,6 +149,16 @@ def test_every_algorithm_and_policy_fine_tunes_two_iterations_on_hopper(tiny_pol
     assert all(np.isfinite(v) for r in train for k, v in r.items() if k.endswith("loss"))
     assert [r["step"] for r in rows if "eval/episode_return" in r] == [0, 2]
     assert os.path.exists(tmp_path / "checkpoint" / "last.pt")
+
+
+def test_dsrl_refuses_the_gaussian_policy_in_one_line(tiny_policy_dirs, tmp_path):
+    """DSRL steers a chain's initial noise; the Gaussian policy has none: one line that names the policies to use."""
+    overrides = TINY_MODEL + [f"dataset_dir={tiny_policy_dirs['gaussian']}", f"logdir={tmp_path}", "env.n_envs=1",
+                              "env.asynchronous=false", "policy=gaussian"]
+    with pytest.raises(ValueError) as error:
+        run_config("ft_dsrl_diffusion_mlp", overrides)
+    assert startup_error_line(error.value) == startup_error_line(error.value).splitlines()[0]
+    assert "GaussianModel draws its chunk without one: use policy=diffusion or policy=flow" in str(error.value)
 
 
 def test_ddim_without_ddim_steps_gets_one_line():
@@ -279,6 +295,25 @@ def test_evaluation_of_a_fine_tuned_idql_checkpoint_chooses_by_q(tiny_policy_dir
     assert results["n_episodes"] == 2
 
 
+def test_evaluation_of_a_fine_tuned_dsrl_checkpoint_steers_with_its_noise_actor(tiny_policy_dirs, tmp_path):
+    """eval_* on a DSRL checkpoint acts as DSRL does: the frozen policy decodes the noise actor's mean noise."""
+    run_dir = tmp_path / "ft"
+    run_config("ft_dsrl_diffusion_mlp", TINY_MODEL + DSRL + [
+        f"dataset_dir={tiny_policy_dirs['diffusion']}", f"logdir={run_dir}", "env.n_envs=2", "env.asynchronous=false",
+        "train.n_steps=8", "train.n_train_itr=2", "train.batch_size=8", "train.val_freq=null", "denoising_steps=10",
+        "critic.mlp_dims=[32,32,32]"])
+    from agent.eval.eval_agent import load_policy
+    from model.rl.dsrl import NoiseSteering
+
+    actor, _ = load_policy(str(run_dir / "checkpoint" / "last.pt"), "cpu")
+    saved = torch.load(run_dir / "checkpoint" / "last.pt", weights_only=True)["modules"]["noise_actor"]
+    assert isinstance(actor, NoiseSteering) and actor.action_magnitude == 1.5
+    assert all(torch.equal(actor.actor.state_dict()[key], value) for key, value in saved.items())
+    results = evaluate_tiny("eval_diffusion_mlp", tiny_policy_dirs["diffusion"], tmp_path / "eval",
+                            [f"checkpoint_path={run_dir / 'checkpoint' / 'last.pt'}"])
+    assert results["n_episodes"] == 2
+
+
 NEW_TASK_FILE = """# @package _global_
 env_name: pendulum
 env:
@@ -312,3 +347,23 @@ def test_a_new_gymnasium_task_needs_only_its_task_file(tmp_path):
     assert results["n_episodes"] == 2 and results["episode_length"] < 1000  # the pendulum falls
     run_config("ft_ppo_diffusion_mlp", task + finetune_overrides(dataset_dir, tmp_path / "ft", n_train_itr=1))
     assert any("train/pg_loss" in row for row in read_metrics(tmp_path / "ft"))
+
+
+@pytest.mark.parametrize("config_name", ["ft_dsrl_diffusion_mlp", "ft_dsrl_flow_mlp"])
+@pytest.mark.parametrize("task, mlp_dims, train_freq, init_rollout_steps, ddim_steps", [
+    ("hopper", [128, 128, 128], 2, 2001, 5),  # the reference's cfg/gym/dsrl_hopper.yaml
+    ("can", [2048, 2048, 2048], 1, 1501, 8),  # its cfg/robomimic/dsrl_can.yaml
+])
+def test_dsrl_presets_compose_with_the_reference_settings(config_name, task, mlp_dims, train_freq,
+                                                          init_rollout_steps, ddim_steps):
+    cfg = compose_config(config_name, [f"task={task}"])
+    validate_config(cfg)
+    assert cfg._target_ == "agent.finetune.dsrl.DSRLAgent" and cfg.train.variant == "na"
+    assert cfg.env.n_envs == 4 and cfg.train.gamma == 0.99  # DSRL's, not the task's DPPO settings
+    assert cfg.critic.mlp_dims == cfg.noise_actor.mlp_dims == mlp_dims
+    assert (cfg.train.train_freq, cfg.train.init_rollout_steps) == (train_freq, init_rollout_steps)
+    assert (cfg.train.utd, cfg.train.batch_size, cfg.train.action_magnitude) == (20, 256, 1.5)
+    if "_diffusion_" in config_name:
+        assert cfg.model.use_ddim and cfg.model.ddim_steps == ddim_steps
+    else:
+        assert cfg.model._target_ == "model.flow.noisy_flow.NoisyFlowPolicy"

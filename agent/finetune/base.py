@@ -181,11 +181,12 @@ class FinetuneAgent(RolloutCollection, Optimization, EvaluationAndLogging, Check
         """Train on the iteration's rollout (and the replay buffer, already holding it); return metrics."""
         raise NotImplementedError
 
-    def build_critic(self, key: str) -> nn.Module:
-        """The critic of config entry `key` (critic, critic_q, critic_v: the `critic` config group), on the device."""
+    def build_critic(self, key: str, **kwargs) -> nn.Module:
+        """The critic of config entry `key` (critic, critic_q, critic_v: the `critic` config group), on the device;
+        kwargs complete its config with what the algorithm decides (DSRL: the width of the critic's input)."""
         require(self.cfg.get(key) is not None, f"{type(self).__name__} needs a `{key}` config: add "
                 f"`critic@{key}: <name>` (cfg/critic/) to the defaults list.")
-        return hydra.utils.instantiate(self.cfg[key]).to(self.device)
+        return hydra.utils.instantiate(self.cfg[key], **kwargs).to(self.device)
 
     def autocast(self):
         """The context of an update's forward passes and of rollout sampling: bf16 autocast when `precision=bf16`,

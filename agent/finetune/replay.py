@@ -34,9 +34,10 @@ class ReplayBuffer:
         return self.size * self.n_envs
 
     def add_rollout(self, rollout: Rollout) -> None:
-        """Append a rollout: obs, next_obs, whole action chunks, scaled rewards, terminated, ends, firsts (episode
-        starts, so that returns over the stored steps restart there) and cut (steps that never happened)."""
-        self.add({"obs": rollout.obs, "next_obs": rollout.next_obs, "actions": rollout.actions,
+        """Append a rollout: obs, next_obs, whole action chunks, what the agent's `explore` stored beside them (DSRL:
+        the noise), scaled rewards, terminated, ends, firsts (episode starts, so that returns over the stored steps
+        restart there) and cut (steps that never happened)."""
+        self.add({"obs": rollout.obs, "next_obs": rollout.next_obs, "actions": rollout.actions, "stored": rollout.stored,
                   "rewards": rollout.scaled_rewards, "terminated": rollout.terminated, "ends": rollout.ends,
                   "firsts": rollout.firsts, "cut": rollout.cut})
 

@@ -1,9 +1,12 @@
 """Critics shared by every fine-tuning agent."""
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from model.common.mlp import make_mlp
+from model.common.mlp import make_activation, make_mlp
 from model.common.obs_encoder import obs_encoder_or_flatten
 
 
@@ -49,6 +52,47 @@ class DoubleCriticObsAct(nn.Module):
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 
+class CriticEnsemble(nn.Module):
+    """n independent critics Q_i(s, x) on [flattened obs history, flattened x], computed as one batched network:
+    each layer's weights of the n critics are stacked, (n, d_in, d_out), and applied with one torch.baddbmm, so the
+    n critics cost the kernel launches of one. Every hidden layer is Linear -> [LayerNorm] -> activation, the
+    output Linear runs in float32 (as OutputLinear); each critic is initialized as nn.Linear / nn.LayerNorm are.
+
+    cond["state"]: (B, To, Do), x: (B, ...) flattened to (B, x_dim) -> (n, B), row i the values of critic i.
+    """
+
+    def __init__(self, cond_dim: int, x_dim: int, mlp_dims: list[int], n_critics: int = 2, activation: str = "Tanh",
+                 use_layernorm: bool = True):
+        super().__init__()
+        dims = [cond_dim + x_dim, *mlp_dims, 1]
+        self.n_critics = n_critics
+        self.use_layernorm = use_layernorm
+        self.activation = make_activation(activation)
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            bound = 1 / math.sqrt(d_in)  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both
+            self.weights.append(nn.Parameter(torch.empty(n_critics, d_in, d_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(n_critics, 1, d_out).uniform_(-bound, bound)))
+        n_hidden = len(mlp_dims) if use_layernorm else 0
+        self.norm_weights = nn.ParameterList([nn.Parameter(torch.ones(n_critics, 1, d)) for d in mlp_dims[:n_hidden]])
+        self.norm_biases = nn.ParameterList([nn.Parameter(torch.zeros(n_critics, 1, d)) for d in mlp_dims[:n_hidden]])
+
+    def forward(self, cond: dict, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        h = torch.cat([cond["state"].reshape(batch, -1), x.reshape(batch, -1)], dim=-1)
+        h = h.expand(self.n_critics, *h.shape)  # (n, B, d_in), no copy
+        for layer in range(len(self.weights) - 1):
+            h = torch.baddbmm(self.biases[layer], h, self.weights[layer])
+            if self.use_layernorm:
+                h = F.layer_norm(h, h.shape[-1:])
+                h = torch.addcmul(self.norm_biases[layer], h, self.norm_weights[layer])
+            h = self.activation(h)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            out = torch.baddbmm(self.biases[-1], h.to(self.weights[-1].dtype), self.weights[-1])
+        return out.squeeze(-1)
+
+
 def double_q_loss(q1: torch.Tensor, q2: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """MSE(Q1, y) + MSE(Q2, y); all (B,), targets without gradient."""
     return ((q1 - targets) ** 2).mean() + ((q2 - targets) ** 2).mean()
@@ -56,6 +100,6 @@ def double_q_loss(q1: torch.Tensor, q2: torch.Tensor, targets: torch.Tensor) -> 
 
 @torch.no_grad()
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """Polyak averaging of target weights: target <- (1 - tau) * target + tau * source."""
-    for target_param, source_param in zip(target.parameters(), source.parameters()):
-        target_param.lerp_(source_param, tau)
+    """Polyak averaging of target weights: target <- (1 - tau) * target + tau * source, as one foreach kernel over
+    the parameters (off-policy agents call it after every one of their many small gradient steps)."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)

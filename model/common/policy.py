@@ -56,10 +56,12 @@ class ChunkPolicy(_DeclaredSurface, nn.Module):
     Surface: `per_sample_bc_loss(actions, cond)` (behaviour cloning, (B,)), `bc_loss` (its mean),
     `act(cond)` (deterministic chunks for evaluation), `explore(cond) -> (actions, stored)` and
     `explore_actions(cond)` (the chunks alone). `network_path` (a pre-training checkpoint or shipped policy file)
-    initializes `network`.
+    initializes `network`. A policy that samples from noise (`decodes_noise`) takes the chain's initial noise
+    (B, Ta, Da) as `act(cond, noise)` and decodes it deterministically, so DSRL can steer it.
     """
 
     abstract = True
+    decodes_noise = False  # whether `act(cond, noise)` decodes a given initial noise (B, Ta, Da) into the chunk
 
     def __init__(self, network: nn.Module, horizon_steps: int, obs_dim: int, action_dim: int, cond_steps: int = 1,
                  randn_clip_value: float = 10.0, final_action_clip_value: float | None = 1.0,

@@ -159,7 +159,8 @@ class DiffusionModel(ChunkPolicy):
         return std.clamp(min=EVAL_MIN_STD)
 
     def sample(self, cond: dict, deterministic: bool = False, chain_steps: int = 0,
-               network: nn.Module | None = None, requires_grad: bool = False) -> Sample:
+               network: nn.Module | None = None, requires_grad: bool = False,
+               noise: torch.Tensor | None = None) -> Sample:
         """Draw action chunks for cond["state"]: (B, To, Do).
 
         `network` runs every step when given (default: `denoiser_at(k)` for step index k).
@@ -168,16 +169,21 @@ class DiffusionModel(ChunkPolicy):
 
         chain_steps = C > 0 also returns the chain of the last C steps: (B, C + 1, Ta, Da),
         the input of the first of them followed by the output of each (the last entry is the action).
-        The unit-normal draws are clipped to +-randn_clip_value; the final chunk to +-final_action_clip_value.
+        `noise` (B, Ta, Da) is the chain's first sample x_S (default: a fresh unit-normal draw, unclipped); with
+        DDIM and `deterministic` it alone decides the chunk. The unit-normal draws of the later steps are clipped
+        to +-randn_clip_value; the final chunk to +-final_action_clip_value.
         """
         if not 0 <= chain_steps <= self.sampling_steps:
             raise ValueError(f"chain_steps must be in 0..{self.sampling_steps}, got {chain_steps}.")
         with torch.set_grad_enabled(requires_grad):
-            return self._sample(cond, deterministic, chain_steps, network)
+            return self._sample(cond, deterministic, chain_steps, network, noise)
 
-    def _sample(self, cond: dict, deterministic: bool, chain_steps: int, network: nn.Module | None) -> Sample:
+    def _sample(self, cond: dict, deterministic: bool, chain_steps: int, network: nn.Module | None,
+                noise: torch.Tensor | None) -> Sample:
         batch = cond["state"].shape[0]
-        x = torch.randn(batch, self.horizon_steps, self.action_dim, device=cond["state"].device)
+        x = noise
+        if x is None:
+            x = torch.randn(batch, self.horizon_steps, self.action_dim, device=cond["state"].device)
         chain, means, log_vars = [], [], []
         features = {}  # each denoiser encodes the observations once per chunk
         for k in reversed(range(self.sampling_steps)):
@@ -188,8 +194,7 @@ class DiffusionModel(ChunkPolicy):
                 features[denoiser] = denoiser.encode(cond)
             mean, log_var = self.p_mean_var_from_features(x, k, features[denoiser], denoiser, deterministic)
             std = self.sampling_std(log_var, k, deterministic)
-            noise = torch.randn_like(x).clamp(-self.randn_clip_value, self.randn_clip_value)
-            x = mean + std * noise
+            x = mean + std * torch.randn_like(x).clamp(-self.randn_clip_value, self.randn_clip_value)
             if k == 0:
                 x = self.clip_final(x)
             if k < chain_steps:
@@ -206,9 +211,12 @@ class DiffusionModel(ChunkPolicy):
         """Exploring action chunks (B, Ta, Da) and what the rollout stores per step beside them (nothing here)."""
         return self.sample(cond, deterministic=False).actions, {}
 
-    def act(self, cond: dict) -> torch.Tensor:
-        """Deterministic action chunks (B, Ta, Da) for evaluation."""
-        return self.sample(cond, deterministic=True).actions
+    decodes_noise = True
+
+    def act(self, cond: dict, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Deterministic action chunks (B, Ta, Da) for evaluation, from the initial noise (B, Ta, Da) when given
+        (DDIM: a function of it; DDPM keeps its small evaluation std at the later steps)."""
+        return self.sample(cond, deterministic=True, noise=noise).actions
 
 
 def _per_sample(values: torch.Tensor, index: torch.Tensor | int) -> torch.Tensor:

@@ -70,10 +70,11 @@ class FlowModel(ChunkPolicy):
         return [k / self.inference_steps for k in range(self.inference_steps)]
 
     @torch.no_grad()
-    def sample(self, cond: dict, deterministic: bool = True) -> Sample:
-        """Action chunks (B, Ta, Da) by K Euler steps from clipped noise (the flow itself is deterministic)."""
+    def sample(self, cond: dict, deterministic: bool = True, noise: torch.Tensor | None = None) -> Sample:
+        """Action chunks (B, Ta, Da) by K Euler steps from the initial noise x_0 (B, Ta, Da) (default: a fresh
+        clipped draw, `initial_noise`); the flow itself is deterministic."""
         batch = cond["state"].shape[0]
-        x = self.initial_noise(batch)
+        x = self.initial_noise(batch) if noise is None else noise
         dt = 1.0 / self.inference_steps
         for t in self.times():
             x = x + dt * self.velocity(x, torch.full((batch,), t, device=self.device), cond)
@@ -83,5 +84,8 @@ class FlowModel(ChunkPolicy):
         """Chunks from fresh noise (the only randomness of a flow policy) and nothing stored."""
         return self.sample(cond).actions, {}
 
-    def act(self, cond: dict) -> torch.Tensor:
-        return self.sample(cond).actions
+    decodes_noise = True
+
+    def act(self, cond: dict, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Chunks (B, Ta, Da) integrated from fresh noise, or from the given initial noise x_0 (B, Ta, Da)."""
+        return self.sample(cond, noise=noise).actions
