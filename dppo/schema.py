@@ -85,8 +85,15 @@ def schema_field(schema, dotted_key: str) -> dataclasses.Field | None:
     return schema_field(field.type, rest) if dataclasses.is_dataclass(field.type) else None
 
 
+# Settings renamed so that one concept has one name: {old dotted key: new dotted key}.
+RENAMED = {"train.critic_tau": "train.tau", "train.target_ema_rate": "train.tau"}
+
+
 def check_group(cfg, group: str, schema) -> None:
     """Validate cfg[group] (resolved) against `schema`; a ConfigError of one line names the first problem."""
+    for old, new in RENAMED.items():
+        if old.startswith(f"{group}.") and OmegaConf.select(cfg, old) is not None:
+            raise ConfigError(f"{old} is now {new} (one name for one setting): set {new}={OmegaConf.select(cfg, old)}.")
     values = OmegaConf.to_container(cfg[group], resolve=True)
     try:
         typed = OmegaConf.merge(OmegaConf.structured(schema), values)

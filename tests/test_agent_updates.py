@@ -88,8 +88,8 @@ def test_dawr_td_lambda_restarts_at_an_episode_start_in_the_replay(pretrained, t
 
 
 @pytest.mark.parametrize("agent_class,config_name,rate_key,target,source", [
-    (DQLAgent, "ft_dql_diffusion_mlp", "target_ema_rate", "critic_target", "critic"),
-    (IDQLAgent, "ft_idql_diffusion_mlp", "critic_tau", "target_q", "critic_q"),
+    (DQLAgent, "ft_dql_diffusion_mlp", "tau", "critic_target", "critic"),
+    (IDQLAgent, "ft_idql_diffusion_mlp", "tau", "target_q", "critic_q"),
 ])
 @pytest.mark.parametrize("rate", [0.0, 1.0])
 def test_target_critic_follows_the_critic_at_the_polyak_rate(pretrained, tmp_path, agent_class, config_name,

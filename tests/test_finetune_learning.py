@@ -50,7 +50,7 @@ DQL = ["train.n_train_itr=8", "train.val_freq=4", "train.reward_scale_const=1", 
 # IDQL improves only through the candidates its implicit policy picks for the replay: pick (almost) only those
 # Q favours, and keep the replay short so the policy's BC follows them.
 IDQL = ["train.reward_scale_const=1", "train.buffer_size=16", "train.batch_size=64", "train.replay_ratio=16",
-        "train.n_critic_warmup_itr=1", "train.critic_tau=0.05", "train.exploration_weight=0.99",
+        "train.n_critic_warmup_itr=1", "train.tau=0.05", "train.exploration_weight=0.99",
         "critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]"]
 DIFFUSION = ["denoising_steps=5"]
 NOISE_NETWORK = ["model.noise_network.mlp_dims=[16,16,16]"]

@@ -30,6 +30,7 @@ BAD_SETTINGS = [  # (overrides, the one line's start)
     (["train.actor_lr_scheduler.warmup_steps=-1"],
      "ConfigError: train.actor_lr_scheduler.warmup_steps=-1 is out of range: iterations of linear warm-up"),
     (["env.family=gymnasium"], "ConfigError: env.family=gymnasium is out of range: the task family must be one of"),
+    (["+train.target_ema_rate=0.1"], "ConfigError: train.target_ema_rate is now train.tau (one name for one setting)"),
 ]
 
 

@@ -22,13 +22,13 @@ from agent.finetune.metrics import mean_metrics
 from agent.finetune.replay import replay_gradient_steps
 from agent.finetune.returns import gae_from_critic, segment_ends
 from agent.finetune.rollout import Rollout, flatten_steps, index_samples
-from agent.finetune.settings import ReplaySettings
+from agent.finetune.settings import ReplayRatioSettings
 from dppo.schema import setting
 from model.rl.weighted_regression import exponential_weights, standardize, value_regression_loss
 
 
 @dataclass
-class AWRTrainSettings(ReplaySettings):
+class AWRTrainSettings(ReplayRatioSettings):
     gae_lambda: float = setting("TD(lambda) of the critic's targets", low=0, high=1)
     beta: float = setting("inverse temperature of the weights exp(beta * standardized advantage) (< 0: prefers the worst)")
     max_adv_weight: float = setting("the weights' upper clip", above=0)

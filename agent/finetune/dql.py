@@ -17,18 +17,18 @@ from agent.finetune.base import FinetuneAgent
 from agent.finetune.metrics import mean_metrics
 from agent.finetune.replay import replay_gradient_steps
 from agent.finetune.rollout import Rollout
-from agent.finetune.settings import ReplaySettings
+from agent.finetune.settings import ReplayRatioSettings
 from dppo.schema import setting
 from model.common.critic import soft_update
 from model.rl.dql import dql_actor_loss, dql_critic_loss
 
 
 @dataclass
-class DQLTrainSettings(ReplaySettings):
+class DQLTrainSettings(ReplayRatioSettings):
     eta: float = setting("weight of the normalized Q term in the actor loss (< 0: descends Q)")
     bc_on: str = setting("BC term on the freshly drawn chunk (the reference) or on the replayed one",
                          choices=("drawn", "replay"))
-    target_ema_rate: float = setting("Polyak rate of the target critics", low=0, high=1)
+    tau: float = setting("Polyak rate of the target critics", low=0, high=1)
 
 
 class DQLAgent(FinetuneAgent):
@@ -67,7 +67,7 @@ class DQLAgent(FinetuneAgent):
                 history["actor_loss"].append(actor_loss.item())
                 for key, value in terms.items():
                     history[key].append(value)
-            soft_update(self.critic_target, self.critic, train.target_ema_rate)
+            soft_update(self.critic_target, self.critic, train.tau)
         metrics = mean_metrics(history)
         metrics["gradient_steps"] = gradient_steps
         return metrics

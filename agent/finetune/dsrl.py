@@ -18,6 +18,7 @@ In an update the frozen policy decodes in the run's precision (`decode`); DSRL's
 """
 
 import copy
+from dataclasses import dataclass
 
 import hydra
 import torch
@@ -26,8 +27,10 @@ from torch import nn
 
 from agent.finetune.base import FinetuneAgent
 from agent.finetune.rollout import Rollout
+from agent.finetune.settings import ReplaySettings
 from dppo.checkpoint import load_state_dict_checked
 from dppo.config import require
+from dppo.schema import setting
 from model.common.critic import soft_update
 from model.rl.dsrl import (
     EntropyTemperature,
@@ -40,14 +43,28 @@ from model.rl.dsrl import (
 VARIANTS = ("sac", "na")
 
 
+@dataclass
+class DSRLTrainSettings(ReplaySettings):
+    variant: str = setting("na: noise aliasing (critics on the executed chunk), sac: critics on the noise",
+                           choices=VARIANTS)
+    train_freq: int = setting("chunk-steps per env between rounds of gradient steps", low=1)
+    utd: int = setting("gradient steps per round (update-to-data)", low=1)
+    noise_critic_grad_steps: int = setting("noise-critic steps after each round (DSRL-NA)", low=0)
+    tau: float = setting("Polyak rate of the target critics", low=0, high=1)
+    init_rollout_steps: int = setting("chunk-steps per env of the BC policy (unit-normal noise) before learning", low=0)
+    action_magnitude: float = setting("the noise actor's output bound: tanh scaled to +-action_magnitude", above=0)
+    initial_temperature: float = setting("the entropy coefficient's start (learned)", above=0)
+    target_entropy: float = setting("SAC's target entropy of the noise actor")
+
+
 class DSRLAgent(FinetuneAgent):
     off_policy = True
+    train_settings = DSRLTrainSettings
     reads_stored = True  # the noise each chunk was decoded from
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
         train = cfg.train
-        require(train.variant in VARIANTS, f"train.variant={train.variant!r}: use one of {VARIANTS}.")
         require(train.n_steps % train.train_freq == 0,
                 f"train.n_steps={train.n_steps} is not a multiple of train.train_freq={train.train_freq}: make it one.")
         self.model.requires_grad_(False)  # the BC policy stays frozen
@@ -66,7 +83,6 @@ class DSRLAgent(FinetuneAgent):
         self.actor_optimizer = self.add_optimizer(
             "actor", [*self.noise_actor.parameters(), *self.temperature.parameters()], role="actor")
         self.critic_optimizer = self.add_optimizer("critic", self.critic.parameters(), role="critic")
-        self.start()
 
     @classmethod
     def evaluation_actor(cls, policy, cfg: DictConfig, modules: dict, device: str) -> NoiseSteering:

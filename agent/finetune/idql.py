@@ -18,7 +18,7 @@ from agent.finetune.base import FinetuneAgent
 from agent.finetune.metrics import mean_metrics
 from agent.finetune.replay import replay_gradient_steps
 from agent.finetune.rollout import Rollout
-from agent.finetune.settings import ReplaySettings
+from agent.finetune.settings import ReplayRatioSettings
 from dppo.checkpoint import load_state_dict_checked
 from dppo.schema import setting
 from model.common.critic import soft_update
@@ -26,8 +26,8 @@ from model.rl.idql import CandidateSelector, idql_q_loss, idql_v_loss
 
 
 @dataclass
-class IDQLTrainSettings(ReplaySettings):
-    critic_tau: float = setting("Polyak rate of the target Q", low=0, high=1)
+class IDQLTrainSettings(ReplayRatioSettings):
+    tau: float = setting("Polyak rate of the target Q", low=0, high=1)
     expectile: float = setting("expectile of V's regression on the target Q", above=0, high=1)
     num_sample: int = setting("candidate chunks when exploring", low=1)
     eval_num_sample: int = setting("candidate chunks when evaluating", low=1)
@@ -81,7 +81,7 @@ class IDQLAgent(FinetuneAgent):
             self.critic_q_optimizer.zero_grad()
             q_loss.backward()
             self.optimizer_step(self.critic_q_optimizer)
-            soft_update(self.target_q, self.critic_q, train.critic_tau)
+            soft_update(self.target_q, self.critic_q, train.tau)
             history["v_loss"].append(v_loss.item())
             history["q_loss"].append(q_loss.item())
 

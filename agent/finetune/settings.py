@@ -47,7 +47,13 @@ class EpochSettings(FinetuneSettings):
 
 @dataclass
 class ReplaySettings(FinetuneSettings):
-    """Off-policy algorithms that learn from a replay buffer (DAWR, DQL, IDQL)."""
+    """Off-policy algorithms that learn from a replay buffer (DAWR, DQL, IDQL, DSRL)."""
 
     buffer_size: int = setting("replay capacity in chunk-steps per env", low=1)
+
+
+@dataclass
+class ReplayRatioSettings(ReplaySettings):
+    """Off-policy algorithms whose gradient steps per iteration follow the new samples (DAWR, DQL, IDQL)."""
+
     replay_ratio: float = setting("gradient steps per iteration = new samples / batch_size x replay_ratio", above=0)
