@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_DIR = os.path.join(REPO, "script", "reference")
 sys.path.insert(0, REFERENCE_DIR)
 
-from compare_original import original_rows, probe_difference, project_policy  # noqa: E402
+from compare_original import original_rows, probe_difference, project_policy, summary_line  # noqa: E402
 from original_env import LowdimNormalization, MultiStep, OldGymApi  # noqa: E402
 from original_weights import PROBE_ATOL, original_actor_state  # noqa: E402
 
@@ -130,6 +130,22 @@ def test_termination_stops_the_chunk_and_gives_no_final_obs(tmp_path):
     obs, reward, terminated, truncated, info = env.step(np.array([[-1.0], [1.0], [-1.0], [-1.0]]))
     assert (reward, terminated, truncated, info) == (2.0, True, False, {})
     np.testing.assert_allclose(obs["state"], normalized(0))
+
+
+# ---- the comparison's table ----------------------------------------------------------------------------------------
+def evaluated_run(returns: list[float], train_time: float) -> list[dict]:
+    """Rows of a run evaluated before training and after each of len(returns) - 1 training iterations."""
+    rows = [{"step": 0, "eval/episode_return": returns[0], "eval/eval_time": 1.0}]
+    for step, value in enumerate(returns[1:], start=1):
+        rows += [{"step": step, "train/iteration_time": train_time},
+                 {"step": step, "eval/episode_return": value, "eval/eval_time": 3.0}]
+    return rows
+
+
+def test_summary_line_gives_evaluations_before_final_and_best_over_seeds():
+    line = summary_line("project", [evaluated_run([100.0, 300.0, 200.0], 10.0), evaluated_run([120.0, 180.0, 400.0], 14.0)])
+    assert line == ("| project | 2 | 110.0 ± 10.0 [100.0, 120.0] | 300.0 ± 100.0 [200.0, 400.0] | "
+                    "350.0 ± 50.0 [300.0, 400.0] | 12.0 | 2.3 |")
 
 
 # ---- with a checkout of the original ----------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import sys
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 REFERENCE_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(REFERENCE_DIR))
@@ -40,7 +39,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "script"))
 
 from original_weights import PROBE_ATOL, PROBE_SEED  # noqa: E402
-from plot import SPREAD, group_curve  # noqa: E402
+from plot import plot_rows  # noqa: E402
 
 from dppo.sweep import read_metrics  # noqa: E402
 
@@ -198,31 +197,11 @@ def summary_line(side: str, runs_rows: list[list[dict]]) -> str:
     before = np.array([returns[0] for returns in evals])
     final = np.array([returns[max(returns)] for returns in evals])
     best = np.array([max(returns.values()) for returns in evals])
-    times = {kind: np.mean([row[key] for rows in runs_rows for row in rows if key in row and row["step"] > 0])
+    times = {kind: np.mean([row[key] for rows in runs_rows for row in rows if key in row])
              for kind, key in TIME_KEYS.items()}
     cells = [f"{values.mean():,.1f} ± {values.std():,.1f} [{values.min():,.1f}, {values.max():,.1f}]"
              for values in (before, final, best)]
     return f"| {side} | {len(runs_rows)} | " + " | ".join(cells) + f" | {times['train']:.1f} | {times['eval']:.1f} |"
-
-
-def comparison_figure(rows_by_side: dict[str, list[list[dict]]], keys: list[str], title: str) -> Figure:
-    n_cols = 4
-    n_rows = (len(keys) + n_cols - 1) // n_cols
-    figure = Figure(figsize=(4.2 * n_cols, 3.2 * n_rows + 0.5))
-    axes = figure.subplots(n_rows, n_cols, squeeze=False).ravel()
-    for ax, key in zip(axes, keys):
-        for colour, (side, runs_rows) in zip(("C0", "C1"), rows_by_side.items()):
-            xs, mean, low, high = group_curve(runs_rows, key, "step")
-            ax.plot(xs, mean, color=colour, marker=".", label=f"{side} (n={len(runs_rows)})")
-            ax.fill_between(xs, low, high, color=colour, alpha=0.2)
-        ax.set_title(key)
-        ax.set_xlabel("training iterations")
-        ax.legend(fontsize=7)
-    for ax in axes[len(keys):]:
-        ax.set_visible(False)
-    figure.suptitle(f"{title}; line: mean over seeds, shaded: {SPREAD} range", fontsize=9)
-    figure.tight_layout()
-    return figure
 
 
 def report(args: argparse.Namespace) -> None:
@@ -251,7 +230,9 @@ def report(args: argparse.Namespace) -> None:
             if all(any(key in row for rows in runs for row in rows) for runs in rows_by_side.values())]
     title = (f"{args.algorithm} on {args.task}, {args.n_envs} envs x {args.n_steps} chunk-steps per training "
              f"iteration")
-    comparison_figure(rows_by_side, keys, title).savefig(f"{prefix}.png", dpi=100)
+    figure = plot_rows({"": rows_by_side}, keys, x="step")
+    figure.suptitle(f"{title}; x: training iterations; line: mean over seeds, shaded: min-max range", fontsize=9)
+    figure.savefig(f"{prefix}.png", dpi=100)
     table = [f"{title}; evaluation return (mean ± std over seeds [min, max]); wall time in s on {args.threads} torch "
              "thread(s), measured on a machine shared with other jobs.", "",
              "| code | seeds | eval before training | final eval | best eval | s / training iteration | s / evaluation |",
