@@ -13,7 +13,7 @@ in float32. A finished run is skipped, so the same command continues an interrup
 restarts from its beginning, this project's resumes).
 
 `report` writes, for every finished run, <out>/<algorithm>_<task>_<side>_seed<k>.csv: one row per training iteration
-completed (`step`; 0 = before training) in this project's metric names; where both sides have runs, the figure
+completed (`step`; 0 = before training) in this project's metric names; over the seeds both codes finished, the figure
 <out>/<algorithm>_<task>.png (each metric against training iterations, mean and min-max over seeds per side) and the
 table <out>/<algorithm>_<task>.md (evaluation before training, final and best, per-iteration wall times). It first
 checks that this project's policy and the original's loaded checkpoint give the same deterministic and exploring samples
@@ -207,7 +207,7 @@ def summary_line(side: str, runs_rows: list[list[dict]]) -> str:
 def report(args: argparse.Namespace) -> None:
     os.makedirs(args.out, exist_ok=True)
     prefix = os.path.join(args.out, f"{args.algorithm}_{args.task}")
-    rows_by_side = {side: [] for side in SIDES}
+    rows_by_seed = {side: {} for side in SIDES}
     for side in SIDES:
         for seed in args.seeds:
             path = run_dir(args.runs, side, args.algorithm, args.task, seed)
@@ -216,20 +216,22 @@ def report(args: argparse.Namespace) -> None:
                 continue
             rows = original_rows(path) if side == "original" else project_rows(path, args.algorithm)
             write_rows(rows, f"{prefix}_{side}_seed{seed}.csv")
-            rows_by_side[side].append(rows)
+            rows_by_seed[side][seed] = rows
             if side == "original":
                 probe = torch.load(os.path.join(path, "probe_samples.pt"), weights_only=True)
                 difference = probe_difference(project_policy(args.algorithm, args.task), probe)
                 if difference > args.probe_atol:
                     raise SystemExit(f"{path}: the original's probe samples differ from this project's policy's by "
                                      f"{difference:.2e}: the runs did not start from the same policy.")
-    if not all(rows_by_side.values()):
-        print("one side has no finished run: no figure or table", flush=True)
+    seeds = sorted(rows_by_seed["original"].keys() & rows_by_seed["project"].keys())
+    if not seeds:
+        print("no seed has finished runs of both codes: no figure or table", flush=True)
         return
+    rows_by_side = {side: [rows_by_seed[side][seed] for seed in seeds] for side in SIDES}
     keys = [key for key in RETURN_KEYS + ALGORITHM_KEYS[args.algorithm] + list(TIME_KEYS.values())
             if all(any(key in row for rows in runs for row in rows) for runs in rows_by_side.values())]
     title = (f"{args.algorithm} on {args.task}, {args.n_envs} envs x {args.n_steps} chunk-steps per training "
-             f"iteration")
+             f"iteration, seeds {', '.join(map(str, seeds))}")
     figure = plot_rows({"": rows_by_side}, keys, x="step")
     figure.suptitle(f"{title}; x: training iterations; line: mean over seeds, shaded: min-max range", fontsize=9)
     figure.savefig(f"{prefix}.png", dpi=100)
