@@ -123,7 +123,7 @@ def write_original_checkpoint(cfg, project_checkpoint: str, path: str) -> dict:
     import hydra
     from original_weights import original_actor_state, project_network_state
 
-    actor = hydra.utils.instantiate(cfg.model.actor)
+    actor = hydra.utils.instantiate(cfg.model.actor if "actor" in cfg.model else cfg.model.network)  # DRWR: network
     expected = {f"network.{name}": value.shape for name, value in actor.state_dict().items()}
     state = original_actor_state(project_network_state(project_checkpoint), expected)
     torch.save({"ema": state}, path)
@@ -131,12 +131,25 @@ def write_original_checkpoint(cfg, project_checkpoint: str, path: str) -> dict:
 
 
 def check_loaded_actor(model, state: dict) -> None:
-    """The original loads with strict=False: every mapped tensor must be in its frozen and its fine-tuned actor."""
-    for prefix, network in (("actor", model.actor), ("actor_ft", model.actor_ft)):
-        loaded = network.state_dict()
+    """The original loads with strict=False: every mapped tensor must be in its denoiser (`network`) and, for PPO,
+    in the fine-tuned copy (`actor_ft`)."""
+    loaded = model.state_dict()
+    prefixes = ["network."] + (["actor_ft."] if hasattr(model, "actor_ft") else [])
+    for prefix in prefixes:
         for name, value in state.items():
-            if not torch.equal(loaded[name.removeprefix("network.")], value):
-                raise RuntimeError(f"The original's {prefix} did not load {name} from the mapped checkpoint.")
+            if not torch.equal(loaded[prefix + name.removeprefix("network.")], value):
+                raise RuntimeError(f"The original's model did not load {name} into {prefix}* from the mapped checkpoint.")
+
+
+def denoised_chunks(model, cond: dict, deterministic: bool) -> torch.Tensor:
+    """The original model's action chunks (B, Ta, Da) from its denoising chain alone."""
+    from model.diffusion.diffusion_idql import IDQLDiffusion
+    from model.diffusion.diffusion_rwr import RWRDiffusion
+
+    if isinstance(model, IDQLDiffusion):  # its forward picks among candidates by Q; they come from RWRDiffusion's
+        return RWRDiffusion.forward(model, cond, deterministic=deterministic)
+    chunks = model(cond=cond, deterministic=deterministic)
+    return chunks.trajectories if hasattr(chunks, "trajectories") else chunks  # PPO's model returns a Sample
 
 
 def probe_samples(model, obs_dim: int, cond_steps: int) -> dict:
@@ -149,7 +162,7 @@ def probe_samples(model, obs_dim: int, cond_steps: int) -> dict:
     with torch.random.fork_rng(), torch.no_grad():
         for name, deterministic in (("deterministic", True), ("exploring", False)):
             torch.manual_seed(PROBE_SEED)
-            samples[name] = model(cond=cond, deterministic=deterministic).trajectories
+            samples[name] = denoised_chunks(model, cond, deterministic)
     return samples
 
 
