@@ -158,10 +158,11 @@ def run_original(out, *args: str) -> None:
 
 
 @needs_original
-def test_original_samples_like_the_project_from_the_mapped_checkpoint(tmp_path):
-    run_original(tmp_path, "--probe-only")
+@pytest.mark.parametrize("algorithm", ["ppo", "rwr", "awr", "dql", "idql"])
+def test_original_samples_like_the_project_from_the_mapped_checkpoint(tmp_path, algorithm):
+    run_original(tmp_path, "--algorithm", algorithm, "--probe-only")
     probe = torch.load(tmp_path / "probe_samples.pt", weights_only=True)
-    policy = project_policy("ppo", "hopper")
+    policy = project_policy(algorithm, "hopper")
     assert probe_difference(policy, probe) < PROBE_ATOL
     with torch.no_grad():  # control: one changed bias in both copies of the denoiser is seen
         for network in (policy.network, policy.actor_ft):
