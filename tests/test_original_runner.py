@@ -18,7 +18,7 @@ REFERENCE_DIR = os.path.join(REPO, "script", "reference")
 sys.path.insert(0, REFERENCE_DIR)
 
 from compare_original import original_rows, probe_difference, project_policy, summary_line  # noqa: E402
-from original_env import LowdimNormalization, MultiStep, OldGymApi  # noqa: E402
+from original_env import LowdimNormalization, MultiStep, OldGymApi, SequentialVectorEnv  # noqa: E402
 from original_weights import PROBE_ATOL, original_actor_state  # noqa: E402
 
 from model.diffusion.mlp import DiffusionMLP  # noqa: E402
@@ -132,6 +132,18 @@ def test_termination_stops_the_chunk_and_gives_no_final_obs(tmp_path):
     np.testing.assert_allclose(obs["state"], normalized(0))
 
 
+def test_vector_env_keeps_every_ended_episode_and_whether_it_was_first_since_a_reset(tmp_path):
+    venv = SequentialVectorEnv([counter_env(tmp_path, time_limit=100)[0] for _ in range(2)])
+    venv.reset_arg([{}, {}])
+    stop, go = np.full((4, 1), 1.0), np.full((4, 1), -1.0)  # stop: the first action ends the episode
+    venv.step(np.stack([stop, go]))  # env 0: return 1, its first episode
+    venv.step(np.stack([stop, go]))  # env 0: return 1 again, not its first; env 1 runs on (return 8)
+    venv.reset_one_arg(1)  # env 1's running episode is dropped
+    venv.step(np.stack([go, stop]))  # env 1: return 1, its first since the reset
+    assert venv.pop_episodes() == [(1.0, True), (1.0, False), (1.0, True)]
+    assert venv.pop_episodes() == []
+
+
 # ---- the comparison's table ----------------------------------------------------------------------------------------
 def evaluated_run(returns: list[float], train_time: float) -> list[dict]:
     """Rows of a run evaluated before training and after each of len(returns) - 1 training iterations."""
@@ -183,4 +195,5 @@ def test_runner_runs_one_short_training_iteration_between_two_evaluations(tmp_pa
     assert all(np.isfinite(float(logged[1][key])) for key in ("loss", "pg loss", "value loss", "wall_time"))
     rows = original_rows(tmp_path)
     assert [(row["step"], "eval/eval_time" in row) for row in rows] == [(0, True), (1, False), (1, True)]
+    assert [row.get("eval/n_episodes", row.get("train/n_episodes")) for row in rows] == [0, 0, 0]  # 5 chunks: none
     assert rows[1]["train/loss"] == pytest.approx(float(logged[1]["loss"]))

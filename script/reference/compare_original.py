@@ -19,9 +19,12 @@ table <out>/<algorithm>_<task>.md (evaluation before training, final and best, p
 checks that this project's policy and the original's loaded checkpoint give the same deterministic and exploring samples
 on the same observations and noise (probe_samples.pt of each original run).
 
-Logged differently by the two codes (the table repeats it): the original's losses are those of the iteration's last
-gradient step (clipfrac: the mean), this project's the mean over its steps; the original's evaluation return is the
-mean over the episodes that end within one iteration of n_steps chunk-steps, this project's one episode per env.
+Counted differently by the two codes (the table repeats it): the original's agents count the return of the episodes
+that start and end within one iteration (an evaluation: several per env when they fall), this project every episode
+that ends in a training iteration, whole, and each env's first episode in an evaluation; both sides' CSVs and the
+figure use this project's count (run_original.py records it from the original's envs), the original's own is kept as
+*_original. The original logs the losses of an iteration's last gradient step (clipfrac: the mean), this project the
+mean over its steps.
 """
 
 import argparse
@@ -53,9 +56,9 @@ ALGORITHM_KEYS = {  # each algorithm's own losses, in this project's names
     "dql": ["train/actor_loss", "train/critic_loss"],
     "idql": ["train/actor_loss", "train/critic_loss"],
 }
-ORIGINAL_NAMES = {  # what the original logs -> this project's name for it
-    "avg episode reward - train": "train/episode_return", "num episode - train": "train/n_episodes",
-    "avg episode reward - eval": "eval/episode_return", "num episode - eval": "eval/n_episodes",
+ORIGINAL_NAMES = {  # what the original logs -> this project's name for it (its own returns: *_original)
+    "avg episode reward - train": "train/episode_return_original", "num episode - train": "train/n_episodes_original",
+    "avg episode reward - eval": "eval/episode_return_original", "num episode - eval": "eval/n_episodes_original",
     "total env step": "train/env_steps", "loss": "train/loss", "pg loss": "train/pg_loss",
     "value loss": "train/value_loss", "approx kl": "train/approx_kl", "clipfrac": "train/clipfrac",
     "explained variance": "train/explained_variance", "loss - actor": "train/actor_loss",
@@ -63,6 +66,7 @@ ORIGINAL_NAMES = {  # what the original logs -> this project's name for it
 }
 PROJECT_SUMS = {"idql": {"train/critic_loss": ("train/q_loss", "train/v_loss")}}  # the original logs their sum
 TIME_KEYS = {"train": "train/iteration_time", "eval": "eval/eval_time"}
+RECORDED_EPISODES = {"train": "ended", "eval": "first"}  # run_original.py's returns counted as this project counts
 
 
 def run_dir(runs: str, side: str, algorithm: str, task: str, seed: int) -> str:
@@ -72,18 +76,24 @@ def run_dir(runs: str, side: str, algorithm: str, task: str, seed: int) -> str:
 # ---- one per-iteration representation for both codes ----------------------------------------------------------
 def original_rows(path: str) -> list[dict]:
     """The original's metrics.csv (one row per iteration of its own, evaluations instead of training in some) ->
-    rows keyed by training iterations completed (`step`) in this project's names. A return of an iteration in which
-    no episode ended (the original logs 0) is left out."""
+    rows keyed by training iterations completed (`step`) in this project's names. Returns are those counted as this
+    project counts them (run_original.py records them from the env: every episode that ends in a training iteration,
+    each env's first episode in an evaluation); the original's own count (only episodes that start and end within
+    one iteration) is kept as *_original, left out where no episode counted (the original logs 0)."""
     with open(os.path.join(path, "metrics.csv")) as f:
         logged = [{key: float(value) for key, value in row.items() if value != ""} for row in csv.DictReader(f)]
     rows, n_trained = [], 0
     for row in logged:
         kind = "eval" if "avg episode reward - eval" in row else "train"
         n_trained += kind == "train"
-        converted = {"step": n_trained, TIME_KEYS[kind]: row["wall_time"]}
+        counted = RECORDED_EPISODES[kind]
+        converted = {"step": n_trained, TIME_KEYS[kind]: row["wall_time"],
+                     f"{kind}/n_episodes": row[f"n_episodes_{counted}"]}
+        if f"episode_return_{counted}" in row:
+            converted[f"{kind}/episode_return"] = row[f"episode_return_{counted}"]
         converted.update({ORIGINAL_NAMES[key]: value for key, value in row.items() if key in ORIGINAL_NAMES})
-        if converted.get(f"{kind}/n_episodes") == 0:
-            del converted[f"{kind}/episode_return"]
+        if converted.get(f"{kind}/n_episodes_original") == 0:
+            del converted[f"{kind}/episode_return_original"]
         rows.append(converted)
     return rows
 
@@ -186,14 +196,14 @@ def probe_difference(policy, probe: dict) -> float:
     return difference
 
 
-def eval_returns(rows: list[dict]) -> dict[int, float]:
-    return {row["step"]: row["eval/episode_return"] for row in rows if "eval/episode_return" in row}
+def eval_returns(rows: list[dict], key: str) -> dict[int, float]:
+    return {row["step"]: row[key] for row in rows if key in row}
 
 
-def summary_line(side: str, runs_rows: list[list[dict]]) -> str:
-    """One table row: evaluation before training, at the end and best (mean ± std over seeds [min, max]), and the
-    mean wall time of a training iteration and of an evaluation."""
-    evals = [eval_returns(rows) for rows in runs_rows]
+def summary_line(side: str, runs_rows: list[list[dict]], key: str = "eval/episode_return") -> str:
+    """One table row: evaluation (`key`) before training, at the end and best (mean ± std over seeds [min, max]),
+    and the mean wall time of a training iteration and of an evaluation."""
+    evals = [eval_returns(rows, key) for rows in runs_rows]
     before = np.array([returns[0] for returns in evals])
     final = np.array([returns[max(returns)] for returns in evals])
     best = np.array([max(returns.values()) for returns in evals])
@@ -240,9 +250,12 @@ def report(args: argparse.Namespace) -> None:
              "| code | seeds | eval before training | final eval | best eval | s / training iteration | s / evaluation |",
              "|---|---|---|---|---|---|---|"]
     table += [summary_line(side, runs_rows) for side, runs_rows in rows_by_side.items()]
-    table += ["", "The original logs the losses of each iteration's last gradient step (clipfrac: the mean), this "
-              "project the mean over its steps; the original's evaluation return is the mean over the episodes that "
-              "end within one iteration of n_steps chunk-steps, this project's one episode per env."]
+    table.append(summary_line("original, its own count", rows_by_side["original"], "eval/episode_return_original"))
+    table += ["", "Returns are counted as this project counts them on both sides (evaluation: each env's first "
+              "episode from a reset; training: every episode that ends in the iteration, whole), recorded from the "
+              "original's envs; the original's own count (every episode that starts and ends within the iteration, "
+              "in an evaluation several per env when they fall) is the last row. The original logs the losses of "
+              "each iteration's last gradient step (clipfrac: the mean), this project the mean over its steps."]
     with open(f"{prefix}.md", "w") as f:
         f.write("\n".join(table) + "\n")
     print("\n".join(table), flush=True)

@@ -135,28 +135,46 @@ class MultiStep:
 
 
 class SequentialVectorEnv:
-    """The original's vector env contract over envs stepped one after another in this process."""
+    """The original's vector env contract over envs stepped one after another in this process.
+
+    Beside the contract it keeps the episodes that end, so that returns can be counted as this project counts them
+    (the original's agents count only the episodes that start and end within one iteration): `pop_episodes()` gives
+    every episode ended since its last call as (return, whether it was the env's first episode since a reset by the
+    agent). A reset by the agent drops the episode it interrupts.
+    """
 
     def __init__(self, envs: list[MultiStep]):
         self.envs = envs
         self.num_envs = len(envs)
+        self.returns = np.zeros(self.num_envs)
+        self.first = np.ones(self.num_envs, dtype=bool)
+        self.ended: list[tuple[float, bool]] = []
 
     def seed(self, seeds: list[int]) -> None:
         for env, seed in zip(self.envs, seeds, strict=True):
             env.seed(seed)
 
     def reset_arg(self, options_list: list[dict]) -> list[dict]:
-        return [env.reset(options) for env, options in zip(self.envs, options_list, strict=True)]
+        return [self.reset_one_arg(i, options) for i, options in enumerate(options_list)]
 
     def reset_one_arg(self, env_ind: int, options: dict | None = None) -> dict:
+        self.returns[env_ind], self.first[env_ind] = 0.0, True
         return self.envs[env_ind].reset(options)
 
     def step(self, actions: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
         """actions (N, Ta', Da) -> obs {"state": (N, To, Do)}, rewards (N,), terminated (N,), truncated (N,), infos."""
         results = [env.step(chunk) for env, chunk in zip(self.envs, actions, strict=True)]
         obs, rewards, terminated, truncated, infos = zip(*results)
+        self.returns += rewards
+        for i in np.flatnonzero(np.logical_or(terminated, truncated)):
+            self.ended.append((float(self.returns[i]), bool(self.first[i])))
+            self.returns[i], self.first[i] = 0.0, False
         return ({"state": np.stack([o["state"] for o in obs])}, np.array(rewards),
                 np.array(terminated, dtype=bool), np.array(truncated, dtype=bool), list(infos))
+
+    def pop_episodes(self) -> list[tuple[float, bool]]:
+        ended, self.ended = self.ended, []
+        return ended
 
 
 def make_async(id, num_envs=1, wrappers=None, env_type=None, max_episode_steps=None, **ignored):

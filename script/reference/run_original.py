@@ -41,25 +41,34 @@ CHECKOUT_FILE = "agent/finetune/train_ppo_diffusion_agent.py"  # present in any 
 
 class MetricsRecorder(types.ModuleType):
     """Stands in for the `wandb` module: keeps each iteration's logged values (`log(data, step=itr)`) and rewrites
-    `path` (CSV, one row per iteration, `itr` and `wall_time` first) after every call."""
+    `path` (CSV, one row per iteration, `itr` and `wall_time` first) after every call.
+
+    Each row also gets returns counted as this project counts them, from the episodes the vector env saw end during
+    the iteration (original_env.SequentialVectorEnv.pop_episodes): `episode_return_ended` over every episode that
+    ended, whole (this project's training return), and `episode_return_first` over each env's first episode since
+    the agent reset it (this project's evaluation return: one episode per env), with their counts `n_episodes_*`.
+    """
 
     def __init__(self, path: str):
         super().__init__("wandb")
         self.path = path
         self.rows: dict[int, dict] = {}
         self.clock = time.perf_counter()
+        self.venv = None
 
     def init(self, **kwargs) -> None:
         """The agent's wandb.init(entity, project, name, config): nothing to set up."""
 
-    def start_clock(self) -> None:
-        self.clock = time.perf_counter()
+    def start(self, venv) -> None:
+        """The run begins: iterations are timed from now, episodes read from `venv`."""
+        self.clock, self.venv = time.perf_counter(), venv
 
     def log(self, data: dict, step: int, commit: bool = True) -> None:
         row = self.rows.setdefault(step, {"itr": step})
         if "wall_time" not in row:  # the iteration's one log call comes at its end
             now = time.perf_counter()
             row["wall_time"], self.clock = now - self.clock, now
+            row.update(episode_returns(self.venv.pop_episodes()))
         row.update({key: float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
                     for key, value in data.items()})
         self.write()
@@ -71,6 +80,16 @@ class MetricsRecorder(types.ModuleType):
             writer.writeheader()
             writer.writerows(self.rows[step] for step in sorted(self.rows))
         os.replace(self.path + ".tmp", self.path)
+
+
+def episode_returns(episodes: list[tuple[float, bool]]) -> dict:
+    """(return, first since reset) of the episodes that ended -> their counts and mean returns (none when 0)."""
+    columns = {}
+    for name, returns in (("ended", [r for r, _ in episodes]), ("first", [r for r, first in episodes if first])):
+        columns[f"n_episodes_{name}"] = len(returns)
+        if returns:
+            columns[f"episode_return_{name}"] = sum(returns) / len(returns)
+    return columns
 
 
 def import_original(checkout: str, recorder: types.ModuleType) -> None:
@@ -213,7 +232,7 @@ def main(argv=None) -> None:
     torch.save(probe_samples(model, cfg.obs_dim, cfg.cond_steps), os.path.join(args.out, "probe_samples.pt"))
     if args.probe_only:
         return
-    recorder.start_clock()
+    recorder.start(agent.venv)
     agent.run()
     print(f"finished: {recorder.path}")
 
