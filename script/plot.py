@@ -105,6 +105,14 @@ def plot_runs(runs: list[str], labels: list[str], keys: list[str] | None = None,
     by_facet: dict[str, dict[str, list[list[dict]]]] = {}
     for run, label, facet in zip(runs, labels, facets):
         by_facet.setdefault(facet, {}).setdefault(label, []).append(read_metrics(run))
+    return plot_rows(by_facet, keys, x)
+
+
+def plot_rows(by_facet: dict[str, dict[str, list[list[dict]]]], keys: list[str] | None = None,
+              x: str | list[str] = DEFAULT_X) -> Figure:
+    """`plot_runs` on metrics rows already read (each run's metrics.jsonl rows), grouped by facet ("" for none), then
+    by label."""
+    labels = [label for groups in by_facet.values() for label in groups]
     all_rows = [rows for groups in by_facet.values() for runs_rows in groups.values() for rows in runs_rows]
     keys = keys or default_keys(all_rows)
     axes_x = x_axes(all_rows, [x] if isinstance(x, str) else list(x))

@@ -1,0 +1,241 @@
+"""Run the original DPPO code's fine-tuning agent (irom-lab/dppo @ 7b10df6) on this project's task and checkpoint.
+
+    git --git-dir=/work/.mirror/irom-lab+dppo/repo archive 7b10df6 | tar -x -C /tmp/dppo-orig
+    DPPO_ORIGINAL=/tmp/dppo-orig python script/reference/run_original.py --algorithm ppo --task hopper --seed 0 \
+        --n-envs 10 --n-steps 250 --n-train-itr 20 --val-freq 5 --out /work/runs/orig_compare/original/ppo/seed0
+
+The original's agent and model code run unchanged, imported from the checkout (`--original` or DPPO_ORIGINAL) with
+this project's root removed from sys.path. Replaced around them:
+- `env.gym_utils` by script/reference/original_env.py: this project's gymnasium task (Hopper-v5, ...) with the
+  original's normalization, chunking, time-limit and reset contract;
+- `wandb` by a recorder: what the agent logs (returns, losses, approx_kl, ...) goes to <out>/metrics.csv, one row per
+  iteration with its wall time (`wall_time`, seconds), nothing to wandb;
+- the checkpoint by this project's data/gym/<task>-medium-v5/pretrained/diffusion_mlp.pt under the original's parameter
+  names (original_weights.py; names and shapes must match exactly), written to <out>/original_checkpoint.pt; the agent's
+  loaded actor is checked against it, and <out>/probe_samples.pt holds its deterministic and exploring samples on
+  fixed observations and noise, which script/reference/compare_original.py checks against this project's policy.
+
+Its config, cfg/gym/finetune/<task>-v2/ft_<algorithm>_diffusion_mlp.yaml, is used as it is but for the env (the
+gymnasium id and this project's normalization.npz), paths, device (cpu), seed and budget. The original evaluates
+*instead of* training in every val_freq-th iteration, so --n-train-itr training iterations with an evaluation before
+the first and after every --val-freq of them take n_train_itr + n_train_itr // val_freq + 1 of its iterations at its
+val_freq = --val-freq + 1. The run restarts from scratch when started again (the original has no resume).
+"""
+
+import argparse
+import csv
+import importlib
+import logging
+import os
+import sys
+import time
+import types
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ALGORITHMS = ("ppo", "rwr", "awr", "dql", "idql")
+TASKS = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5"}  # task -> gymnasium id
+CHECKOUT_FILE = "agent/finetune/train_ppo_diffusion_agent.py"  # present in any checkout of the original
+
+
+class MetricsRecorder(types.ModuleType):
+    """Stands in for the `wandb` module: keeps each iteration's logged values (`log(data, step=itr)`) and rewrites
+    `path` (CSV, one row per iteration, `itr` and `wall_time` first) after every call.
+
+    Each row also gets returns counted as this project counts them, from the episodes the vector env saw end during
+    the iteration (original_env.SequentialVectorEnv.pop_episodes): `episode_return_ended` over every episode that
+    ended, whole (this project's training return), and `episode_return_first` over each env's first episode since
+    the agent reset it (this project's evaluation return: one episode per env), with their counts `n_episodes_*`.
+    """
+
+    def __init__(self, path: str):
+        super().__init__("wandb")
+        self.path = path
+        self.rows: dict[int, dict] = {}
+        self.clock = time.perf_counter()
+        self.venv = None
+
+    def init(self, **kwargs) -> None:
+        """The agent's wandb.init(entity, project, name, config): nothing to set up."""
+
+    def start(self, venv) -> None:
+        """The run begins: iterations are timed from now, episodes read from `venv`."""
+        self.clock, self.venv = time.perf_counter(), venv
+
+    def log(self, data: dict, step: int, commit: bool = True) -> None:
+        row = self.rows.setdefault(step, {"itr": step})
+        if "wall_time" not in row:  # the iteration's one log call comes at its end
+            now = time.perf_counter()
+            row["wall_time"], self.clock = now - self.clock, now
+            row.update(episode_returns(self.venv.pop_episodes()))
+        row.update({key: float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+                    for key, value in data.items()})
+        self.write()
+
+    def write(self) -> None:
+        columns = ["itr", "wall_time"] + sorted({key for row in self.rows.values() for key in row} - {"itr", "wall_time"})
+        with open(self.path + ".tmp", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows[step] for step in sorted(self.rows))
+        os.replace(self.path + ".tmp", self.path)
+
+
+def episode_returns(episodes: list[tuple[float, bool]]) -> dict:
+    """(return, first since reset) of the episodes that ended -> their counts and mean returns (none when 0)."""
+    columns = {}
+    for name, returns in (("ended", [r for r, _ in episodes]), ("first", [r for r, first in episodes if first])):
+        columns[f"n_episodes_{name}"] = len(returns)
+        if returns:
+            columns[f"episode_return_{name}"] = sum(returns) / len(returns)
+    return columns
+
+
+def import_original(checkout: str, recorder: types.ModuleType) -> None:
+    """Make `agent`, `model` and `util` the checkout's packages, `env.gym_utils` original_env.py and `wandb` the
+    recorder. This project's env families are imported first, while the project root is still on sys.path."""
+    if not os.path.isfile(os.path.join(checkout, CHECKOUT_FILE)):
+        raise SystemExit(f"{checkout} is not a checkout of irom-lab/dppo (no {CHECKOUT_FILE}): pass --original or set "
+                         "DPPO_ORIGINAL to a directory made by `git archive 7b10df6 | tar -x -C DIR`.")
+    for package in ("agent", "model", "util"):
+        if package in sys.modules:
+            raise RuntimeError(f"'{package}' was imported before the original's: run this script in a fresh process.")
+    sys.path.insert(0, REPO)
+    import env.families  # noqa: F401  (this project's; the original's `env` package is never imported)
+    import original_env
+
+    sys.path[:] = [path for path in sys.path if os.path.abspath(path or ".") != REPO]
+    sys.path.insert(0, os.path.abspath(checkout))
+    sys.modules["env.gym_utils"] = original_env
+    sys.modules["wandb"] = recorder
+    for module in ("agent.finetune.train_agent", "model.diffusion.diffusion"):
+        loaded = importlib.import_module(module).__file__
+        if not os.path.abspath(loaded).startswith(os.path.abspath(checkout)):
+            raise RuntimeError(f"{module} came from {loaded}, not from the checkout {checkout}.")
+
+
+def original_config(args: argparse.Namespace, checkpoint: str):
+    """The original's config for the task and algorithm, with only env, paths, device, seed and budget changed."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("eval", eval, replace=True)  # as the original's script/run.py does
+    path = os.path.join(args.original, "cfg", "gym", "finetune", f"{args.task}-v2",
+                        f"ft_{args.algorithm}_diffusion_mlp.yaml")
+    cfg = OmegaConf.load(path)
+    dataset_dir = os.path.join(REPO, "data", "gym", f"{args.task}-medium-v5")
+    overrides = {
+        "seed": args.seed, "device": "cpu", "logdir": args.out, "base_policy_path": checkpoint,
+        "normalization_path": os.path.join(dataset_dir, "normalization.npz"),
+        "env": {"name": TASKS[args.task], "n_envs": args.n_envs},
+        "wandb": {"entity": None, "project": "recorded", "run": os.path.basename(args.out)},
+        "train": {"n_steps": args.n_steps, "n_train_itr": args.n_train_itr + args.n_train_itr // args.val_freq + 1,
+                  "val_freq": args.val_freq + 1},
+    }
+    cfg = OmegaConf.merge(cfg, overrides)
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def write_original_checkpoint(cfg, project_checkpoint: str, path: str) -> dict:
+    """The project's denoiser under the original's names, checked against the original actor the config builds."""
+    import hydra
+    from original_weights import original_actor_state, project_network_state
+
+    actor = hydra.utils.instantiate(cfg.model.actor if "actor" in cfg.model else cfg.model.network)  # DRWR: network
+    expected = {f"network.{name}": value.shape for name, value in actor.state_dict().items()}
+    state = original_actor_state(project_network_state(project_checkpoint), expected)
+    torch.save({"ema": state}, path)
+    return state
+
+
+def check_loaded_actor(model, state: dict) -> None:
+    """The original loads with strict=False: every mapped tensor must be in its denoiser (`network`) and, for PPO,
+    in the fine-tuned copy (`actor_ft`)."""
+    loaded = model.state_dict()
+    prefixes = ["network."] + (["actor_ft."] if hasattr(model, "actor_ft") else [])
+    for prefix in prefixes:
+        for name, value in state.items():
+            if not torch.equal(loaded[prefix + name.removeprefix("network.")], value):
+                raise RuntimeError(f"The original's model did not load {name} into {prefix}* from the mapped checkpoint.")
+
+
+def denoised_chunks(model, cond: dict, deterministic: bool) -> torch.Tensor:
+    """The original model's action chunks (B, Ta, Da) from its denoising chain alone."""
+    from model.diffusion.diffusion_idql import IDQLDiffusion
+    from model.diffusion.diffusion_rwr import RWRDiffusion
+
+    if isinstance(model, IDQLDiffusion):  # its forward picks among candidates by Q; they come from RWRDiffusion's
+        return RWRDiffusion.forward(model, cond, deterministic=deterministic)
+    chunks = model(cond=cond, deterministic=deterministic)
+    return chunks.trajectories if hasattr(chunks, "trajectories") else chunks  # PPO's model returns a Sample
+
+
+def probe_samples(model, obs_dim: int, cond_steps: int) -> dict:
+    """The model's deterministic and exploring action chunks (PROBE_BATCH, Ta, Da) on the probe observations, each
+    drawn after torch.manual_seed(PROBE_SEED); the caller's torch random state is left as it was."""
+    from original_weights import PROBE_SEED, probe_inputs
+
+    cond = probe_inputs(obs_dim, cond_steps)
+    samples = {"state": cond["state"]}
+    with torch.random.fork_rng(), torch.no_grad():
+        for name, deterministic in (("deterministic", True), ("exploring", False)):
+            torch.manual_seed(PROBE_SEED)
+            samples[name] = denoised_chunks(model, cond, deterministic)
+    return samples
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--original", default=os.environ.get("DPPO_ORIGINAL"),
+                        help="checkout of irom-lab/dppo at 7b10df6 (default: $DPPO_ORIGINAL)")
+    parser.add_argument("--algorithm", choices=ALGORITHMS, default="ppo")
+    parser.add_argument("--task", choices=sorted(TASKS), default="hopper")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-envs", type=int, default=10)
+    parser.add_argument("--n-steps", type=int, default=250, help="chunk-steps per env and iteration")
+    parser.add_argument("--n-train-itr", type=int, default=20, help="training iterations")
+    parser.add_argument("--val-freq", type=int, default=5, help="training iterations between evaluations")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--out", required=True, help="run directory (metrics.csv, probe_samples.pt, checkpoints)")
+    parser.add_argument("--probe-only", action="store_true",
+                        help="write the checkpoint and probe_samples.pt, build no env and train nothing")
+    args = parser.parse_args(argv)
+    if args.original is None:
+        parser.error("no checkout of the original: pass --original DIR or set DPPO_ORIGINAL.")
+    if args.n_train_itr % args.val_freq != 0:
+        parser.error(f"--n-train-itr {args.n_train_itr} must be a multiple of --val-freq {args.val_freq}, so that the "
+                     "last training iteration is evaluated.")
+    args.original, args.out = os.path.abspath(args.original), os.path.abspath(args.out)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    os.makedirs(args.out, exist_ok=True)
+    recorder = MetricsRecorder(os.path.join(args.out, "metrics.csv"))
+    import_original(args.original, recorder)
+    import hydra
+
+    checkpoint = os.path.join(args.out, "original_checkpoint.pt")
+    cfg = original_config(args, checkpoint)
+    project_checkpoint = os.path.join(REPO, "data", "gym", f"{args.task}-medium-v5", "pretrained", "diffusion_mlp.pt")
+    state = write_original_checkpoint(cfg, project_checkpoint, checkpoint)
+    if args.probe_only:
+        model = hydra.utils.instantiate(cfg.model)
+    else:
+        agent = hydra.utils.get_class(cfg._target_)(cfg)
+        model = agent.model
+    check_loaded_actor(model, state)
+    torch.save(probe_samples(model, cfg.obs_dim, cfg.cond_steps), os.path.join(args.out, "probe_samples.pt"))
+    if args.probe_only:
+        return
+    recorder.start(agent.venv)
+    agent.run()
+    print(f"finished: {recorder.path}")
+
+
+if __name__ == "__main__":
+    main()
