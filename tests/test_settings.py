@@ -2,6 +2,7 @@
 allowed, a non-zero exit, no run directory. Settings that used to be ignored are honoured (a gym task's
 max_episode_steps) or refused (diffusion keys under a policy without denoising steps)."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -10,8 +11,10 @@ import pytest
 import torch
 from conftest import compose_config
 
+from agent.finetune.ppo import PPOTrainSettings
 from dppo.config import ConfigError, validate_config
 from env.families import make_family_env
+from model.rl.ppo import PPOSettings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -86,3 +89,11 @@ def test_a_task_whose_env_does_not_get_its_max_episode_steps_is_refused():
     cfg = compose_config("ft_ppo_diffusion_mlp", ["~env.kwargs.max_episode_steps", "device=cpu"])
     with pytest.raises(ConfigError, match=r"max_episode_steps=1000 does not reach the env: the task file's env.kwargs"):
         validate_config(cfg)
+
+
+def test_every_ppo_loss_setting_comes_from_the_ppo_schema():
+    """PPOAgent builds the loss's settings from train.* alone: each PPOSettings field is a PPO train setting, so no
+    code default of the loss reaches a run (gamma_denoising: 1.0 in the loss, 0.99 in cfg/algorithm/ppo.yaml)."""
+    schema_fields = {field.name for field in dataclasses.fields(PPOTrainSettings)}
+    assert {field.name for field in dataclasses.fields(PPOSettings)} <= schema_fields
+    assert compose_config("ft_ppo_diffusion_mlp", ["device=cpu"]).train.gamma_denoising == 0.99 != PPOSettings().gamma_denoising

@@ -69,7 +69,7 @@ class PPOAgent(FinetuneAgent):
         require(not train.use_bc_loss or self.model.has_bc_reference,
                 f"train.use_bc_loss needs a policy with a frozen pre-trained copy (diffusion); "
                 f"{type(self.model).__name__} has none: set train.use_bc_loss=false.")
-        self.settings = PPOSettings(**{key: train[key] for key in PPOSettings.__dataclass_fields__ if key in train})
+        self.settings = PPOSettings(**{key: train[key] for key in PPOSettings.__dataclass_fields__})  # every one set
         self.critic = self.build_critic("critic")
         self.actor_optimizer = self.add_optimizer("actor", self.model.actor_parameters(), role="actor")
         self.critic_optimizer = self.add_optimizer("critic", self.critic.parameters(), role="critic")

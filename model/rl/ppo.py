@@ -21,7 +21,9 @@ ADV_EPS = 1e-8
 
 @dataclass
 class PPOSettings:
-    """The clipped-PPO loss's settings (train.* of a PPO config)."""
+    """The clipped-PPO loss's settings. A run sets every field from its train.* settings (PPOTrainSettings declares
+    them; PPOAgent passes them all); these defaults are the loss's neutral values for direct use (no denoising
+    discount, one clip coefficient), not a run's."""
 
     clip_ploss_coef: float = 0.01
     clip_ploss_coef_base: float = 0.01

@@ -102,8 +102,9 @@ def import_original(checkout: str, recorder: types.ModuleType) -> None:
         if package in sys.modules:
             raise RuntimeError(f"'{package}' was imported before the original's: run this script in a fresh process.")
     sys.path.insert(0, REPO)
-    import env.families  # noqa: F401  (this project's; the original's `env` package is never imported)
     import original_env
+
+    import env.families  # noqa: F401  (this project's; the original's `env` package is never imported)
 
     sys.path[:] = [path for path in sys.path if os.path.abspath(path or ".") != REPO]
     sys.path.insert(0, os.path.abspath(checkout))
