@@ -294,8 +294,8 @@ def _make_env(
     family: str,
     env_id: str,
     env_kwargs: dict,
-    n_obs_steps: int,
-    n_action_steps: int,
+    cond_steps: int,
+    act_steps: int,
     normalization_path: str | None,
     seed: int | None,
     video_dir: str | None,
@@ -305,7 +305,7 @@ def _make_env(
     env = SimulatorGuard(env)
     if video_dir:
         env = VideoRecorder(env, video_dir, max_episodes=max_video_episodes)
-    env = MultiStep(env, n_obs_steps, n_action_steps)
+    env = MultiStep(env, cond_steps, act_steps)
     if normalization_path:  # once per chunk: the (To, Do) history and the (Ta, Da) chunk in one call each
         env = NormalizeObsAction(env, MinMaxNormalizer.load(normalization_path))
     return env
@@ -314,8 +314,8 @@ def _make_env(
 def make_env_fn(
     family: str,
     env_id: str,
-    n_obs_steps: int,
-    n_action_steps: int,
+    cond_steps: int,
+    act_steps: int,
     env_kwargs: dict | None = None,
     normalization_path: str | None = None,
     seed: int | None = None,
@@ -325,7 +325,7 @@ def make_env_fn(
     """A picklable function that builds one env inside a worker:
     family env -> SimulatorGuard -> [VideoRecorder] -> MultiStep -> [NormalizeObsAction]."""
     return functools.partial(
-        _make_env, family, env_id, dict(env_kwargs or {}), n_obs_steps, n_action_steps, normalization_path, seed,
+        _make_env, family, env_id, dict(env_kwargs or {}), cond_steps, act_steps, normalization_path, seed,
         video_dir, max_video_episodes,
     )
 
@@ -334,8 +334,8 @@ def make_vector_env(
     family: str,
     env_id: str,
     n_envs: int,
-    n_obs_steps: int,
-    n_action_steps: int,
+    cond_steps: int,
+    act_steps: int,
     env_kwargs: dict | None = None,
     normalization_path: str | None = None,
     device: str | torch.device = "cpu",
@@ -359,8 +359,8 @@ def make_vector_env(
         make_env_fn(
             family,
             env_id,
-            n_obs_steps,
-            n_action_steps,
+            cond_steps,
+            act_steps,
             env_kwargs=env_kwargs,
             normalization_path=normalization_path,
             seed=seed + i,
@@ -373,8 +373,8 @@ def make_vector_env(
                           start_method="forkserver" if renders else None, n_groups=n_groups)
 
 
-def make_task_vector_env(env_cfg, n_envs: int, n_obs_steps: int, n_action_steps: int, **kwargs) -> TorchVectorEnv:
+def make_task_vector_env(env_cfg, n_envs: int, cond_steps: int, act_steps: int, **kwargs) -> TorchVectorEnv:
     """`make_vector_env` for a task config's `env` block (family, id, kwargs)."""
     env_kwargs = OmegaConf.to_container(env_cfg.kwargs, resolve=True) if env_cfg.get("kwargs") else {}
-    return make_vector_env(env_cfg.family, env_cfg.id, n_envs, n_obs_steps, n_action_steps, env_kwargs=env_kwargs,
+    return make_vector_env(env_cfg.family, env_cfg.id, n_envs, cond_steps, act_steps, env_kwargs=env_kwargs,
                            **kwargs)

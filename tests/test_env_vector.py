@@ -39,11 +39,11 @@ class CountingEnv(gym.Env):
         return obs, 1.0, self.t == self.terminate_at, False, {}
 
 
-def make_counting_env(n_obs_steps=2, n_action_steps=3, max_episode_steps=None, **kwargs) -> gym.Env:
+def make_counting_env(cond_steps=2, act_steps=3, max_episode_steps=None, **kwargs) -> gym.Env:
     env = CountingEnv(**kwargs)
     if max_episode_steps:
         env = gym.wrappers.TimeLimit(env, max_episode_steps)
-    return MultiStep(SimulatorGuard(StateDictObservation(env)), n_obs_steps, n_action_steps)
+    return MultiStep(SimulatorGuard(StateDictObservation(env)), cond_steps, act_steps)
 
 
 def counting_vector_env(n_envs=2, asynchronous=False, **kwargs) -> TorchVectorEnv:
@@ -56,7 +56,7 @@ def first_obs_feature(obs: dict) -> list:
 
 
 def test_hopper_sync_shapes_and_dtypes():
-    envs = make_vector_env("gym", "Hopper-v5", n_envs=2, n_obs_steps=2, n_action_steps=4, asynchronous=False, seed=3)
+    envs = make_vector_env("gym", "Hopper-v5", n_envs=2, cond_steps=2, act_steps=4, asynchronous=False, seed=3)
     try:
         assert envs.num_envs == 2 and envs.device == torch.device("cpu")
         assert envs.single_observation_space["state"].shape == (2, 11)
@@ -81,8 +81,8 @@ def test_hopper_sync_shapes_and_dtypes():
 
 
 def test_reset_seeds_env_i_with_seed_plus_i():
-    envs = make_vector_env("gym", "Hopper-v5", n_envs=2, n_obs_steps=1, n_action_steps=1, asynchronous=False)
-    single = make_vector_env("gym", "Hopper-v5", n_envs=1, n_obs_steps=1, n_action_steps=1, asynchronous=False)
+    envs = make_vector_env("gym", "Hopper-v5", n_envs=2, cond_steps=1, act_steps=1, asynchronous=False)
+    single = make_vector_env("gym", "Hopper-v5", n_envs=1, cond_steps=1, act_steps=1, asynchronous=False)
     try:
         torch.testing.assert_close(envs.reset(seed=5)["state"][1], single.reset(seed=6)["state"][0])
     finally:
@@ -139,17 +139,17 @@ def test_wrong_action_shape_names_expected_shape():
 
 def test_unknown_env_fails_fast():
     with pytest.raises(ValueError, match="Unknown gymnasium env id 'Hoper-v5': set env.id in the task config"):
-        make_vector_env("gym", "Hoper-v5", n_envs=2, n_obs_steps=1, n_action_steps=1)
+        make_vector_env("gym", "Hoper-v5", n_envs=2, cond_steps=1, act_steps=1)
     with pytest.raises(ValueError, match="Unknown env family 'gymm'"):
-        make_vector_env("gymm", "Hopper-v5", n_envs=2, n_obs_steps=1, n_action_steps=1)
+        make_vector_env("gymm", "Hopper-v5", n_envs=2, cond_steps=1, act_steps=1)
 
 
 def test_make_vector_env_normalizes(tmp_path):
     path = str(tmp_path / "normalization.npz")
     MinMaxNormalizer(-np.ones(11), np.ones(11), -np.ones(3), np.ones(3)).save(path)
-    raw = make_vector_env("gym", "Hopper-v5", n_envs=1, n_obs_steps=1, n_action_steps=1, asynchronous=False)
+    raw = make_vector_env("gym", "Hopper-v5", n_envs=1, cond_steps=1, act_steps=1, asynchronous=False)
     normalized = make_vector_env(
-        "gym", "Hopper-v5", n_envs=1, n_obs_steps=1, n_action_steps=1, normalization_path=path, asynchronous=False
+        "gym", "Hopper-v5", n_envs=1, cond_steps=1, act_steps=1, normalization_path=path, asynchronous=False
     )
     try:
         # with stats [-1, 1] the normalization is (almost) the identity
@@ -161,7 +161,7 @@ def test_make_vector_env_normalizes(tmp_path):
 
 
 def test_async_hopper_and_dead_worker_restart():
-    envs = make_vector_env("gym", "Hopper-v5", n_envs=2, n_obs_steps=2, n_action_steps=2, asynchronous=True)
+    envs = make_vector_env("gym", "Hopper-v5", n_envs=2, cond_steps=2, act_steps=2, asynchronous=True)
     try:
         obs = envs.reset(seed=0)
         step = envs.step(torch.zeros(2, 2, 3))
@@ -197,7 +197,7 @@ class DyingEnv(CountingEnv):
 
 
 def make_dying_env(die_at: int | None) -> gym.Env:
-    return MultiStep(SimulatorGuard(StateDictObservation(DyingEnv(die_at))), n_obs_steps=1, n_action_steps=1)
+    return MultiStep(SimulatorGuard(StateDictObservation(DyingEnv(die_at))), cond_steps=1, act_steps=1)
 
 
 def test_worker_dying_during_a_step_restarts():
@@ -229,7 +229,7 @@ class SucceedingEnv(CountingEnv):
 
 def make_succeeding_env(terminate_at: int, succeeds: bool) -> gym.Env:
     env = StateDictObservation(SucceedingEnv(terminate_at, succeeds))
-    return MultiStep(SimulatorGuard(env), n_obs_steps=1, n_action_steps=2)
+    return MultiStep(SimulatorGuard(env), cond_steps=1, act_steps=2)
 
 
 def test_success_reaches_episode_statistics_as_a_rate():
@@ -260,7 +260,7 @@ def test_locomotion_statistics_have_no_success_rate():
 def test_two_async_groups_step_apart_and_a_dead_worker_cuts_only_its_group():
     """n_groups=2: step_async / step_wait per group give the same shapes as `step`, and a killed worker rebuilds
     only its own group: that group's episodes end truncated and cut, the other group's go on."""
-    envs = make_vector_env("gym", "Hopper-v5", n_envs=3, n_obs_steps=1, n_action_steps=2, asynchronous=True,
+    envs = make_vector_env("gym", "Hopper-v5", n_envs=3, cond_steps=1, act_steps=2, asynchronous=True,
                            n_groups=2)
     try:
         assert envs.groups == [slice(0, 2), slice(2, 3)]

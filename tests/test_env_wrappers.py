@@ -106,7 +106,7 @@ def test_normalization_rejects_stats_of_another_task():
 
 
 def test_multi_step_spaces_and_history():
-    env = MultiStep(StateDictObservation(CountingEnv()), n_obs_steps=3, n_action_steps=2)
+    env = MultiStep(StateDictObservation(CountingEnv()), cond_steps=3, act_steps=2)
     state_space = env.observation_space["state"]
     assert state_space.shape == (3, 2) and state_space.dtype == np.float32
     assert env.action_space.shape == (2, 1)
@@ -143,7 +143,7 @@ class PixelSuccessEnv(CountingEnv):
 
 
 def test_multi_step_stacks_every_key_in_its_dtype_and_reports_success_of_any_step():
-    env = MultiStep(PixelSuccessEnv(succeed_at=2), n_obs_steps=2, n_action_steps=3)
+    env = MultiStep(PixelSuccessEnv(succeed_at=2), cond_steps=2, act_steps=3)
     assert env.observation_space["rgb"].shape == (2, 3, 4, 4) and env.observation_space["rgb"].dtype == np.uint8
     obs, _ = env.reset()
     assert obs["rgb"].dtype == np.uint8 and obs["rgb"].shape == (2, 3, 4, 4)
@@ -155,7 +155,7 @@ def test_multi_step_stacks_every_key_in_its_dtype_and_reports_success_of_any_ste
 
 
 def test_multi_step_stops_chunk_when_episode_ends():
-    env = MultiStep(StateDictObservation(CountingEnv(terminate_at=3)), n_obs_steps=2, n_action_steps=4)
+    env = MultiStep(StateDictObservation(CountingEnv(terminate_at=3)), cond_steps=2, act_steps=4)
     env.reset()
     obs, reward, terminated, truncated, info = env.step(np.zeros((4, 1)))
     assert (reward, terminated, truncated, info["n_executed"]) == (3.0, True, False, 3)
@@ -164,7 +164,7 @@ def test_multi_step_stops_chunk_when_episode_ends():
 
 
 def test_multi_step_sums_sim_errors_and_stops_on_truncation():
-    env = MultiStep(SimulatorGuard(StateDictObservation(CountingEnv(fail_at=2))), n_obs_steps=2, n_action_steps=4)
+    env = MultiStep(SimulatorGuard(StateDictObservation(CountingEnv(fail_at=2))), cond_steps=2, act_steps=4)
     env.reset()
     obs, reward, terminated, truncated, info = env.step(np.zeros((4, 1)))
     assert (reward, terminated, truncated, info["n_executed"], info["sim_error"]) == (1.0, False, True, 2, 1)
@@ -173,8 +173,8 @@ def test_multi_step_sums_sim_errors_and_stops_on_truncation():
 
 def test_video_recorder_collects_one_frame_per_sim_step(tmp_path, monkeypatch):
     monkeypatch.setattr(VideoRecorder, "_write", lambda self: pytest.fail("episode has not ended"))
-    env = MultiStep(VideoRecorder(StateDictObservation(CountingEnv(terminate_at=10)), str(tmp_path)), n_obs_steps=1,
-                    n_action_steps=3)
+    env = MultiStep(VideoRecorder(StateDictObservation(CountingEnv(terminate_at=10)), str(tmp_path)), cond_steps=1,
+                    act_steps=3)
     env.reset()
     env.step(np.zeros((3, 1)))
     env.step(np.zeros((3, 1)))

@@ -41,7 +41,7 @@ def write_manipulation_dataset(directory, obs_dim: int, action_dim: int, image_s
 @pytest.mark.parametrize("task", ["lift", "can", "square", "transport"])
 def test_each_task_resets_and_steps_through_the_vector_env(task):
     cfg = load_task_config(task)
-    venv = make_task_vector_env(cfg.env, n_envs=1, n_obs_steps=2, n_action_steps=3, asynchronous=False, seed=0)
+    venv = make_task_vector_env(cfg.env, n_envs=1, cond_steps=2, act_steps=3, asynchronous=False, seed=0)
     try:
         obs = venv.reset(seed=0)
         assert list(obs) == ["state"] and obs["state"].shape == (1, 2, cfg.obs_dim)

@@ -76,7 +76,7 @@ def test_unknown_task_is_one_line_naming_the_tasks():
 
 def test_vector_env_steps_chunks_and_reports_success():
     cfg = load_task_config("button_press")
-    venv = make_task_vector_env(cfg.env, n_envs=2, n_obs_steps=1, n_action_steps=4, asynchronous=False, seed=0)
+    venv = make_task_vector_env(cfg.env, n_envs=2, cond_steps=1, act_steps=4, asynchronous=False, seed=0)
     try:
         obs = venv.reset(seed=0)
         assert obs["state"].shape == (2, 1, 39)

@@ -23,7 +23,7 @@ ACT_STEPS = 5
 
 
 def run_load(n_envs: int, n_chunk_steps: int, kill_at: int) -> dict:
-    venv = make_vector_env("gym", COUNTING_NAN_ID, n_envs=n_envs, n_obs_steps=1, n_action_steps=ACT_STEPS,
+    venv = make_vector_env("gym", COUNTING_NAN_ID, n_envs=n_envs, cond_steps=1, act_steps=ACT_STEPS,
                            asynchronous=True, seed=0)
     tracker = EpisodeTracker(n_envs, ACT_STEPS)
     finished_ids, finished = [], []

@@ -62,7 +62,7 @@ class EvalAgent:
         set_seed(cfg.seed)
         self.model, model_cfg = load_policy(cfg.checkpoint_path, cfg.device, cfg.get("model_overrides"))
         self.venv = make_task_vector_env(
-            cfg.env, n_envs=cfg.env.n_envs, n_obs_steps=model_cfg.cond_steps, n_action_steps=cfg.act_steps,
+            cfg.env, n_envs=cfg.env.n_envs, cond_steps=model_cfg.cond_steps, act_steps=cfg.act_steps,
             normalization_path=cfg.normalization_path, device=cfg.device, asynchronous=cfg.env.asynchronous,
             seed=cfg.seed, video_dir=os.path.join(cfg.logdir, "videos") if cfg.env.save_video else None,
         )

@@ -114,7 +114,7 @@ class FinetuneAgent(RolloutCollection, Optimization, EvaluationAndLogging, Check
         self.act_steps = cfg.act_steps
         save_video = cfg.env.save_video and self.rank.is_main
         self.venv = make_task_vector_env(
-            cfg.env, n_envs=self.n_envs, n_obs_steps=cfg.cond_steps, n_action_steps=cfg.act_steps,
+            cfg.env, n_envs=self.n_envs, cond_steps=cfg.cond_steps, act_steps=cfg.act_steps,
             normalization_path=cfg.normalization_path, device=self.device, asynchronous=cfg.env.asynchronous,
             seed=cfg.seed + self.env_offset, video_dir=os.path.join(self.logdir, "videos") if save_video else None,
             n_groups=2 if cfg.env.get("overlap_rollout") and self.n_envs >= 2 else 1,

@@ -16,7 +16,7 @@ def _stacked_space(space: gym.spaces.Box, n_steps: int) -> gym.spaces.Box:
 
 
 class MultiStep(gym.Wrapper):
-    """Stacks the last `n_obs_steps` observations and runs `n_action_steps` actions per step.
+    """Stacks the last `cond_steps` observations and runs `act_steps` actions per step.
 
     Observation: a dict of the env's keys, each stacked oldest first: "state" (To, Do) float32,
     "rgb" (To, C, H, W) uint8 for pixel tasks; at reset the first observation is repeated To times.
@@ -29,20 +29,20 @@ class MultiStep(gym.Wrapper):
     executed step succeeded.
     """
 
-    def __init__(self, env: gym.Env, n_obs_steps: int, n_action_steps: int):
+    def __init__(self, env: gym.Env, cond_steps: int, act_steps: int):
         super().__init__(env)
-        if n_obs_steps < 1 or n_action_steps < 1:
-            raise ValueError(f"n_obs_steps ({n_obs_steps}) and n_action_steps ({n_action_steps}) must be >= 1.")
+        if cond_steps < 1 or act_steps < 1:
+            raise ValueError(f"cond_steps ({cond_steps}) and act_steps ({act_steps}) must be >= 1.")
         if not isinstance(env.observation_space, gym.spaces.Dict):
             raise TypeError(f"MultiStep takes dict observations, got {env.observation_space}: build the env with "
                             "env.families.make_family_env.")
-        self.n_obs_steps = n_obs_steps
-        self.n_action_steps = n_action_steps
+        self.cond_steps = cond_steps
+        self.act_steps = act_steps
         self.observation_space = gym.spaces.Dict(
-            {key: _stacked_space(space, n_obs_steps) for key, space in env.observation_space.spaces.items()}
+            {key: _stacked_space(space, cond_steps) for key, space in env.observation_space.spaces.items()}
         )
-        self.action_space = _stacked_space(env.action_space, n_action_steps)
-        self._history = deque(maxlen=n_obs_steps)
+        self.action_space = _stacked_space(env.action_space, act_steps)
+        self._history = deque(maxlen=cond_steps)
 
     def _stacked(self) -> dict:
         """{key: (To, ...)} in each key's dtype."""
@@ -51,7 +51,7 @@ class MultiStep(gym.Wrapper):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
-        self._history.extend([obs] * self.n_obs_steps)
+        self._history.extend([obs] * self.cond_steps)
         return self._stacked(), info
 
     def step(self, action):
