@@ -86,7 +86,7 @@ def schema_field(schema, dotted_key: str) -> dataclasses.Field | None:
 
 
 # Settings renamed so that one concept has one name: {old dotted key: new dotted key}.
-RENAMED = {"train.critic_tau": "train.tau", "train.target_ema_rate": "train.tau"}
+RENAMED = {"train.critic_tau": "train.tau", "train.target_ema_rate": "train.tau", "train.val_freq": "train.eval_interval"}
 
 
 def check_group(cfg, group: str, schema) -> None:

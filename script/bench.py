@@ -181,7 +181,7 @@ def compose_cfg(overrides: list[str], logdir: str, config_name: str = CONFIG_NAM
     register_resolvers()
     with initialize_config_dir(config_dir=os.path.join(REPO, "cfg"), version_base=None):
         cfg = compose(config_name=config_name, overrides=overrides + [
-            f"logdir={logdir}", "wandb=null", "train.val_freq=null", "train.n_train_itr=1"])
+            f"logdir={logdir}", "wandb=null", "train.eval_interval=null", "train.n_train_itr=1"])
     validate_config(cfg)
     return cfg
 

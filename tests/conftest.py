@@ -71,7 +71,7 @@ def finetune_overrides(dataset_dir, run_dir, n_train_itr):
     return TINY_MODEL + TINY_CRITIC + [
         f"dataset_dir={dataset_dir}", f"logdir={run_dir}", "env.n_envs=2", "env.asynchronous=false",
         "train.n_steps=8", f"train.n_train_itr={n_train_itr}", "train.batch_size=8", "train.update_epochs=2",
-        "train.val_freq=2", "train.reset_at_iteration=true", "denoising_steps=10", "ft_denoising_steps=4",
+        "train.eval_interval=2", "train.reset_at_iteration=true", "denoising_steps=10", "ft_denoising_steps=4",
     ]
 
 

@@ -43,7 +43,7 @@ def tiny_policies(tmp_path_factory):
 def update_overrides(dataset_dir, logdir, n_envs, extra=()) -> list[str]:
     return TINY_MODEL + TINY_CRITIC + [
         f"dataset_dir={dataset_dir}", f"logdir={logdir}", f"env.n_envs={n_envs}", "env.asynchronous=false",
-        "train.n_steps=8", "train.val_freq=null", "precision=fp32", *extra]
+        "train.n_steps=8", "train.eval_interval=null", "precision=fp32", *extra]
 
 
 def update_both_ways(config_name, dataset_dir, tmp_path, extra, launch="torchrun"):
@@ -135,7 +135,7 @@ def test_the_tasks_of_a_slurm_job_step_are_the_ranks(tiny_policies, tmp_path):
 
 def run_overrides(dataset_dir, logdir, n_train_itr) -> list[str]:
     return update_overrides(dataset_dir, logdir, 2, [
-        f"train.n_train_itr={n_train_itr}", "train.batch_size=8", "train.update_epochs=1", "train.val_freq=2",
+        f"train.n_train_itr={n_train_itr}", "train.batch_size=8", "train.update_epochs=1", "train.eval_interval=2",
         "denoising_steps=5", "ft_denoising_steps=2", "resume=auto", "train.save_model_freq=1"])
 
 

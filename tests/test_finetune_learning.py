@@ -30,13 +30,13 @@ N_ITR = 16
 # float32 whatever the hardware's default: these tests check the algorithms, tuned in float32; what bf16 does to
 # learning is measured on Hopper (docs/PERFORMANCE.md). On this toy's 32-wide networks bf16 is noisier: DAWR on
 # the diffusion policy closed 37-99% of the gap over 6 seeds in bf16, 97-100% in float32.
-COMMON = ["precision=fp32", "env.n_envs=8", "train.n_steps=16", f"train.n_train_itr={N_ITR}", f"train.val_freq={N_ITR // 2}",
+COMMON = ["precision=fp32", "env.n_envs=8", "train.n_steps=16", f"train.n_train_itr={N_ITR}", f"train.eval_interval={N_ITR // 2}",
           "train.actor_lr=1e-3", "train.actor_lr_scheduler.warmup_steps=0",
           "train.critic_lr_scheduler.warmup_steps=0", "train.gamma=0.5"]
 CRITIC = ["critic.mlp_dims=[32,32,32]"]
 # The demonstrations' actions (-0.3) are 0.55 from those that close half the gap: the paper's clip of 0.01 would
 # take hundreds of iterations, 0.5 with 10 epochs takes a dozen once the critic (at a faster lr) has caught up.
-PPO = ["train.n_train_itr=20", "train.val_freq=10", "train.batch_size=64", "train.update_epochs=10",
+PPO = ["train.n_train_itr=20", "train.eval_interval=10", "train.batch_size=64", "train.update_epochs=10",
        "train.clip_ploss_coef=0.5", "train.critic_lr=3e-3"] + CRITIC
 # Returns-to-go of a 5-chunk episode differ far more by the chunk's time step than by its actions, and
 # exp(10 z) clipped at 100 weighs the better third alike: weigh each chunk by its own reward, unclipped.
@@ -45,7 +45,7 @@ RWR = ["train.gamma=0", "train.max_reward_weight=1e9", "train.batch_size=64", "t
 AWR = ["train.max_adv_weight=1e9", "train.buffer_size=32", "train.batch_size=64",
        "train.replay_ratio=16", "train.critic_update_ratio=1"] + CRITIC
 # DQL, IDQL: discounted returns here are ~1-3 in size unscaled, as Hopper's are at scale 0.01: no scaling.
-DQL = ["train.n_train_itr=8", "train.val_freq=4", "train.reward_scale_const=1", "train.buffer_size=32",
+DQL = ["train.n_train_itr=8", "train.eval_interval=4", "train.reward_scale_const=1", "train.buffer_size=32",
        "train.batch_size=64", "train.replay_ratio=8", "train.n_critic_warmup_itr=1"] + CRITIC
 # IDQL improves only through the candidates its implicit policy picks for the replay: pick (almost) only those
 # Q favours, and keep the replay short so the policy's BC follows them.
@@ -71,7 +71,7 @@ ALGORITHMS = {
 # DSRL steers the frozen BC policy's initial noise: the chunks it can reach are those the policy decodes from noise
 # within +-action_magnitude. At 1.5 (Hopper's) the toy policy decodes about -0.24 at best (return ~-6.3, 6% of
 # the gap); at 5 about +0.3 to +0.5 (~-3.4, 58% of the gap at the best constant chunk).
-DSRL = ["train.n_train_itr=8", "train.val_freq=4", "train.action_magnitude=5", "train.init_rollout_steps=16",
+DSRL = ["train.n_train_itr=8", "train.eval_interval=4", "train.action_magnitude=5", "train.init_rollout_steps=16",
         "train.batch_size=64", "train.buffer_size=64", "train.utd=10", "train.noise_critic_grad_steps=5",
         "train.initial_temperature=0.05", "train.critic_lr=1e-3", "noise_actor.mlp_dims=[32,32,32]"] + CRITIC + DIFFUSION
 DSRL_GAP_TO_CLOSE = 0.3
@@ -177,7 +177,7 @@ def test_dsrl_with_a_flipped_critic_steers_away_from_the_optimum(toy_policies, t
 def test_off_policy_resume_brings_the_replay_buffer_back(config_name, extra, toy_policies, tmp_path):
     """4 iterations straight equal 2 iterations, then a resumed run to 4: same replay (with what the agent stored
     beside each chunk: DSRL's noise), same metrics."""
-    extra = extra + ["train.val_freq=2", "train.reset_at_iteration=true"]
+    extra = extra + ["train.eval_interval=2", "train.reset_at_iteration=true"]
     policy = toy_policies["diffusion"]
     straight = run_toy(config_name, policy, tmp_path / "straight", extra + ["train.n_train_itr=4"])
     run_toy(config_name, policy, tmp_path / "resumed", extra + ["train.n_train_itr=2"])
@@ -226,7 +226,7 @@ def test_ppo_batch_larger_than_an_iteration_is_rejected(toy_policies, tmp_path):
 
 def test_evaluation_takes_its_own_number_of_episodes(toy_policies, tmp_path):
     run_toy("ft_ppo_diffusion_mlp", toy_policies["diffusion"], tmp_path,
-            ["train.n_train_itr=1", "train.val_freq=1", "train.n_eval_episodes=20"])
+            ["train.n_train_itr=1", "train.eval_interval=1", "train.n_eval_episodes=20"])
     with open(tmp_path / "metrics.jsonl") as f:
         evals = [json.loads(line) for line in f if "eval/n_episodes" in line]
     assert [row["eval/n_episodes"] for row in evals] == [24, 24]  # ceil(20 / 8 envs) = 3 episodes in each env

@@ -61,7 +61,7 @@ def manipulation_overrides(task, dataset_dir, logdir) -> list[str]:
 def finetune_manipulation(config_name, task, dataset_dir, logdir, extra=()):
     run_config(config_name, manipulation_overrides(task, dataset_dir, logdir) + TINY_CRITIC + [
         "env.n_envs=2", "env.asynchronous=false", "train.n_steps=4", "train.n_train_itr=1", "train.batch_size=4",
-        "train.update_epochs=1", "train.val_freq=1", "train.n_critic_warmup_itr=0", "denoising_steps=5",
+        "train.update_epochs=1", "train.eval_interval=1", "train.n_critic_warmup_itr=0", "denoising_steps=5",
         "ft_denoising_steps=2", *extra,
     ])
     with open(os.path.join(logdir, "metrics.jsonl")) as f:

@@ -106,7 +106,7 @@ def test_demo_maker_keeps_successes_and_a_task_runs_pretraining_dppo_and_evaluat
         f"export_policy_path={data_dir}/pretrained/diffusion_mlp.pt"])
     run_config("ft_ppo_diffusion_mlp", overrides + TINY_CRITIC + ["denoising_steps=5",
         f"logdir={tmp_path / 'ft'}", "model.network.mlp_dims=[32,32,32]", "env.n_envs=2", "env.asynchronous=false",
-        "train.n_steps=4", "train.n_train_itr=2", "train.batch_size=4", "train.update_epochs=1", "train.val_freq=1",
+        "train.n_steps=4", "train.n_train_itr=2", "train.batch_size=4", "train.update_epochs=1", "train.eval_interval=1",
         "ft_denoising_steps=2"])
     with open(tmp_path / "ft" / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]

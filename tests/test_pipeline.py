@@ -134,7 +134,7 @@ def test_every_algorithm_and_policy_fine_tunes_two_iterations_on_hopper(tiny_pol
     kind = next(kind for kind in ("diffusion", "flow", "gaussian") if f"_{kind}_" in config_name)
     overrides = TINY_MODEL + [
         f"dataset_dir={tiny_policy_dirs[kind]}", f"logdir={tmp_path}", "env.n_envs=2", "env.asynchronous=false",
-        "train.n_steps=8", "train.n_train_itr=2", "train.batch_size=8", "train.val_freq=2",
+        "train.n_steps=8", "train.n_train_itr=2", "train.batch_size=8", "train.eval_interval=2",
         "train.reset_at_iteration=true",
     ]
     if kind == "diffusion":
@@ -283,7 +283,7 @@ def test_evaluation_of_a_fine_tuned_idql_checkpoint_chooses_by_q(tiny_policy_dir
     run_dir = tmp_path / "ft"
     run_config("ft_idql_diffusion_mlp", TINY_MODEL + REPLAY + [
         f"dataset_dir={tiny_policy_dirs['diffusion']}", f"logdir={run_dir}", "env.n_envs=2", "env.asynchronous=false",
-        "train.n_steps=8", "train.n_train_itr=1", "train.batch_size=8", "train.val_freq=null", "denoising_steps=10",
+        "train.n_steps=8", "train.n_train_itr=1", "train.batch_size=8", "train.eval_interval=null", "denoising_steps=10",
         "critic_q.mlp_dims=[32,32,32]", "critic_v.mlp_dims=[32,32,32]"])
     from agent.eval.eval_agent import load_policy
     from model.rl.idql import CandidateSelector
@@ -300,7 +300,7 @@ def test_evaluation_of_a_fine_tuned_dsrl_checkpoint_steers_with_its_noise_actor(
     run_dir = tmp_path / "ft"
     run_config("ft_dsrl_diffusion_mlp", TINY_MODEL + DSRL + [
         f"dataset_dir={tiny_policy_dirs['diffusion']}", f"logdir={run_dir}", "env.n_envs=2", "env.asynchronous=false",
-        "train.n_steps=8", "train.n_train_itr=2", "train.batch_size=8", "train.val_freq=null", "denoising_steps=10",
+        "train.n_steps=8", "train.n_train_itr=2", "train.batch_size=8", "train.eval_interval=null", "denoising_steps=10",
         "critic.mlp_dims=[32,32,32]"])
     from agent.eval.eval_agent import load_policy
     from model.rl.dsrl import NoiseSteering

@@ -108,7 +108,7 @@ def test_nan_loss_stops_the_run_and_leaves_last_checkpoint_byte_identical(monkey
     policy = pretrain_toy_policy(tmp_path, "diffusion", steps=50)
     overrides = toy_overrides(policy, tmp_path / "run") + [
         "env.n_envs=4", "train.n_steps=8", "train.batch_size=16", "denoising_steps=5", "ft_denoising_steps=5",
-        "critic.mlp_dims=[16,16,16]", "train.val_freq=null"]
+        "critic.mlp_dims=[16,16,16]", "train.eval_interval=null"]
     run_config("ft_ppo_diffusion_mlp", overrides + ["train.n_train_itr=1"])
     last = last_checkpoint_path(str(tmp_path / "run"))
     with open(last, "rb") as f:

@@ -4,7 +4,7 @@ Each iteration: roll out `n_steps` action chunks in `n_envs` envs into a `Rollou
 (obs, what the policy stored, rewards, terminated, ends, final obs), scale the
 rewards once for the whole rollout, append it to the replay buffer when the
 algorithm has one, call the algorithm's `update`, then log, evaluate every
-`val_freq` iterations and checkpoint. Resuming restores all of it.
+`eval_interval` iterations and checkpoint. Resuming restores all of it.
 
 An algorithm is a subclass that builds its critics (`build_critic`, from the config's
 critic group) and optimizers (`add_optimizer`, each with its role: actor or critic) in `__init__`, and writes

@@ -1,5 +1,5 @@
 """Evaluation, logging and the run's end (a part of FinetuneAgent, agent/finetune/base.py): deterministic episodes
-every `val_freq` iterations on rank 0, the `eval/*` metrics, curves.png, closing the envs and the process group.
+every `eval_interval` iterations on rank 0, the `eval/*` metrics, curves.png, closing the envs and the process group.
 """
 
 from agent.eval.episodes import summarize
@@ -12,15 +12,15 @@ EVAL_SEED_OFFSET = 1_000_000
 
 
 class EvaluationAndLogging:
-    """Evaluates every val_freq iterations, logs eval/*, draws curves.png, and ends the run (finish)."""
+    """Evaluates every eval_interval iterations, logs eval/*, draws curves.png, and ends the run (finish)."""
 
     def evaluate_and_log(self) -> bool:
-        """Every `val_freq` iterations (and before the first): evaluate, log `eval/*` and redraw the curves.
+        """Every `eval_interval` iterations (and before the first): evaluate, log `eval/*` and redraw the curves.
 
         Rank 0 evaluates; every rank returns whether this was an evaluation iteration (the envs then need a reset).
         """
-        val_freq = self.cfg.train.val_freq
-        if val_freq is None or self.itr % val_freq != 0:
+        eval_interval = self.cfg.train.eval_interval
+        if eval_interval is None or self.itr % eval_interval != 0:
             return False
         if not self.rank.is_main:
             return True

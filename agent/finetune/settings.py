@@ -20,7 +20,7 @@ class FinetuneSettings:
     n_train_itr: int = setting("fine-tuning iterations", low=1)
     n_steps: int = setting("chunk-steps each env collects per iteration", low=1)
     batch_size: int = setting("samples per gradient step (minibatch)", low=1)
-    val_freq: int | None = setting("iterations between evaluations (null: none)", low=1)
+    eval_interval: int | None = setting("iterations between evaluations (null: none)", low=1)
     n_eval_episodes: int | None = setting("episodes per evaluation (null: one per env)", low=1)
     sampling_threads: int | None = setting("torch threads while the policy samples (null: the job's)", low=1)
     save_model_freq: int = setting("iterations between kept checkpoints", low=1)

@@ -145,7 +145,7 @@ def run_commands(args: argparse.Namespace, seed: int) -> dict[str, list[str]]:
                 "--out", run_dir(args.runs, "original", args.algorithm, args.task, seed), *budget]
     project = [sys.executable, os.path.join(REPO, "script", "run.py"), f"--config-name=ft_{args.algorithm}_diffusion_mlp",
                f"task={args.task}", f"seed={seed}", f"env.n_envs={args.n_envs}", f"train.n_steps={args.n_steps}",
-               f"train.n_train_itr={args.n_train_itr}", f"train.val_freq={args.val_freq}", f"threads={args.threads}",
+               f"train.n_train_itr={args.n_train_itr}", f"train.eval_interval={args.val_freq}", f"threads={args.threads}",
                "env.asynchronous=false", "precision=fp32", "device=cpu", "wandb=null", "resume=auto",
                f"logdir={run_dir(args.runs, 'project', args.algorithm, args.task, seed)}"]
     if args.algorithm == "ppo":  # the original's minibatch is the whole rollout when that is smaller; ours refuses
