@@ -14,8 +14,9 @@ DPPO_LOCK=none bash install.sh
 {
     cat script/lock_header.txt
     echo "# Python $(python -c 'import platform; print(platform.python_version())'), resolved $(date -u +%F)."
-    # the local version (+cpu, +cu128) is the build pip picked for this machine, not part of the pin
-    python -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/'
+    # torch is pinned by release: the local version (+cpu, +cu128) is the build pip picked for this machine, and the
+    # CUDA runtime packages a CUDA build pulls in (nvidia-*, cuda-*, triton) follow that build, so they stay unpinned
+    python -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/' | grep -vE '^(nvidia-|cuda-|triton==)'
 } > requirements-lock.txt
 python -m pytest -q tests
 echo "lock.sh: requirements-lock.txt regenerated and the suite passed on it"
