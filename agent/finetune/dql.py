@@ -17,18 +17,17 @@ from agent.finetune.base import FinetuneAgent
 from agent.finetune.metrics import mean_metrics
 from agent.finetune.replay import replay_gradient_steps
 from agent.finetune.rollout import Rollout
-from agent.finetune.settings import ReplayRatioSettings
+from agent.finetune.settings import ReplayRatioSettings, TargetNetworkSettings
 from dppo.schema import setting
 from model.common.critic import soft_update
 from model.rl.dql import dql_actor_loss, dql_critic_loss
 
 
 @dataclass
-class DQLTrainSettings(ReplayRatioSettings):
+class DQLTrainSettings(ReplayRatioSettings, TargetNetworkSettings):
     eta: float = setting("weight of the normalized Q term in the actor loss (< 0: descends Q)")
     bc_on: str = setting("BC term on the freshly drawn chunk (the reference) or on the replayed one",
                          choices=("drawn", "replay"))
-    tau: float = setting("Polyak rate of the target critics", low=0, high=1)
 
 
 class DQLAgent(FinetuneAgent):

@@ -27,7 +27,7 @@ from torch import nn
 
 from agent.finetune.base import FinetuneAgent
 from agent.finetune.rollout import Rollout
-from agent.finetune.settings import ReplaySettings
+from agent.finetune.settings import ReplaySettings, TargetNetworkSettings
 from dppo.checkpoint import load_state_dict_checked
 from dppo.config import require
 from dppo.schema import setting
@@ -44,13 +44,12 @@ VARIANTS = ("sac", "na")
 
 
 @dataclass
-class DSRLTrainSettings(ReplaySettings):
+class DSRLTrainSettings(ReplaySettings, TargetNetworkSettings):
     variant: str = setting("na: noise aliasing (critics on the executed chunk), sac: critics on the noise",
                            choices=VARIANTS)
     train_freq: int = setting("chunk-steps per env between rounds of gradient steps", low=1)
     utd: int = setting("gradient steps per round (update-to-data)", low=1)
     noise_critic_grad_steps: int = setting("noise-critic steps after each round (DSRL-NA)", low=0)
-    tau: float = setting("Polyak rate of the target critics", low=0, high=1)
     init_rollout_steps: int = setting("chunk-steps per env of the BC policy (unit-normal noise) before learning", low=0)
     action_magnitude: float = setting("the noise actor's output bound: tanh scaled to +-action_magnitude", above=0)
     initial_temperature: float = setting("the entropy coefficient's start (learned)", above=0)

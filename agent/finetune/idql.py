@@ -18,7 +18,7 @@ from agent.finetune.base import FinetuneAgent
 from agent.finetune.metrics import mean_metrics
 from agent.finetune.replay import replay_gradient_steps
 from agent.finetune.rollout import Rollout
-from agent.finetune.settings import ReplayRatioSettings
+from agent.finetune.settings import ReplayRatioSettings, TargetNetworkSettings
 from dppo.checkpoint import load_state_dict_checked
 from dppo.schema import setting
 from model.common.critic import soft_update
@@ -26,8 +26,7 @@ from model.rl.idql import CandidateSelector, idql_q_loss, idql_v_loss
 
 
 @dataclass
-class IDQLTrainSettings(ReplayRatioSettings):
-    tau: float = setting("Polyak rate of the target Q", low=0, high=1)
+class IDQLTrainSettings(ReplayRatioSettings, TargetNetworkSettings):
     expectile: float = setting("expectile of V's regression on the target Q", above=0, high=1)
     num_sample: int = setting("candidate chunks when exploring", low=1)
     eval_num_sample: int = setting("candidate chunks when evaluating", low=1)

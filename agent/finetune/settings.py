@@ -57,3 +57,10 @@ class ReplayRatioSettings(ReplaySettings):
     """Off-policy algorithms whose gradient steps per iteration follow the new samples (DAWR, DQL, IDQL)."""
 
     replay_ratio: float = setting("gradient steps per iteration = new samples / batch_size x replay_ratio", above=0)
+
+
+@dataclass
+class TargetNetworkSettings:
+    """Algorithms whose critics have Polyak-averaged target copies (DQL, IDQL, DSRL): one name, `tau`, for all."""
+
+    tau: float = setting("Polyak rate of the target critics", low=0, high=1)
