@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.common.embedding import embed_distinct_steps, time_embedding_mlp
-from model.common.mlp import MLP, ResidualMLP
+from model.common.mlp import MLP, ResidualMLP, Tanh
 from model.diffusion.diffusion import DiffusionModel
 from model.diffusion.mlp import DiffusionMLP
 from model.diffusion.schedules import cosine_beta_schedule, ddim_timesteps
@@ -314,6 +314,20 @@ def test_residual_mlp_dims():
     assert len(ResidualMLP(3, [16] * 5, 2).blocks) == 2
     assert ResidualMLP(3, [16, 16, 16], 2)(torch.randn(4, 3)).shape == (4, 2)
     assert MLP(3, [16, 8], 2)(torch.randn(4, 3)).shape == (4, 2)
+
+
+def test_tanh_activation_equals_torch_tanh_and_its_gradient():
+    """The CPU Tanh (2 sigmoid(2x) - 1) is tanh to float32 rounding, saturates to +-1, and back-propagates
+    g (1 - tanh(x)^2), in float32 and bfloat16."""
+    x = torch.cat([torch.linspace(-30, 30, 4001), torch.tensor([0.0, 1e-8, -1e-8, 88.0, -88.0])]).requires_grad_()
+    y = Tanh()(x)
+    torch.testing.assert_close(y, torch.tanh(x), atol=2.5e-7, rtol=0)
+    assert y[-2] == 1 and y[-1] == -1
+    (grad,) = torch.autograd.grad(y, x, torch.linspace(-1, 1, x.numel()))
+    (expected,) = torch.autograd.grad(torch.tanh(x), x, torch.linspace(-1, 1, x.numel()))
+    torch.testing.assert_close(grad, expected, atol=5e-7, rtol=0)
+    half = x.detach().bfloat16()
+    torch.testing.assert_close(Tanh()(half).float(), torch.tanh(half).float(), atol=8e-3, rtol=0)
 
 
 def test_residual_block_is_identity_plus_residual():

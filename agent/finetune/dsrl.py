@@ -5,8 +5,8 @@ replay. Then every iteration explores with the noise actor and makes n_steps / t
 gradient steps (and, for DSRL-NA, `noise_critic_grad_steps` steps of the noise critic after each round), each
 step on a fresh replayed batch:
 
-- one actor pass over [s; s'] draws u ~ pi(s) (graph kept) and u' ~ pi(s') (targets), as Stable-Baselines3 draws
-  them, one after the other;
+- the actor draws u ~ pi(s) (graph kept), then u' ~ pi(s') without a graph (targets), as Stable-Baselines3 draws
+  them, one after the other (one pass over [s; s'] would spend the backward pass's products on the s' rows too);
 - the critics step on their soft TD loss (alpha before this step's temperature update);
 - the actor steps on alpha log pi - min Q(s, u) under the updated critics, the temperature on its own loss,
   one backward pass and one optimizer for both (Adam is per parameter: the same as two optimizers);
@@ -146,11 +146,10 @@ class DSRLAgent(FinetuneAgent):
         {"noise": (B, Ta, Da)}, rewards (B,), terminated (B,) bool. Returns detached 0-dim metrics."""
         train = self.cfg.train
         obs, next_obs = batch["obs"], batch["next_obs"]
-        size = batch["rewards"].shape[0]
         alpha = self.temperature.alpha()
-        u, log_prob = self.noise_actor.sample({key: torch.cat([obs[key], next_obs[key]]) for key in obs})
-        u, next_u = u[:size], u[size:].detach()
-        log_prob, next_log_prob = log_prob[:size], log_prob[size:].detach()
+        u, log_prob = self.noise_actor.sample(obs)
+        with torch.no_grad():
+            next_u, next_log_prob = self.noise_actor.sample(next_obs)
         next_x = next_u if self.variant == "sac" else self.decode(next_obs, next_u)[:, : self.act_steps]
         with torch.no_grad():
             targets = soft_td_targets(self.critic_target(next_obs, next_x), next_log_prob, batch["rewards"],
