@@ -6,6 +6,7 @@
     python script/bench.py --json bench.json train.grad_chunk_size=500   # trailing args: Hydra overrides of DPPO
     python script/bench.py --tiny --algorithms dql,idql,awr   # tiny networks and envs: seconds (the tests run it)
     python script/bench.py --algorithms dsrl           # DSRL-NA's iteration, and DSRL-SAC's step beside SB3's SAC
+    python script/bench.py --dsrl-tasks hopper,can     # DSRL's update cost per env step at each task's settings
 
 Figures (docs/PERFORMANCE.md reads them):
 - sampling: median latency of `model.explore` (all K denoising steps, the K' fine-tuned ones kept) for 10, 40
@@ -33,6 +34,10 @@ Figures (docs/PERFORMANCE.md reads them):
   settings could reach on this machine. DSRL (DSRL-NA at the reference's Hopper settings) also gives its time per
   gradient step (the update's time over its SAC steps, noise-critic steps included) and its roofline counts one
   SAC step's products (the decoding of s' included) per SAC step, the noise critic's steps not.
+- dsrl_costs (with --dsrl-tasks): per task, at its DSRL settings (network width, train_freq, DDIM steps), one
+  gradient step of each variant (DSRL-NA's with the decoding of s') and DSRL-NA's noise-critic step (with the
+  decoding of fresh noise), each with its matmul roofline, and the update time per env step those settings imply,
+  next to DPPO's whole iteration per env step: what a run on the task costs before it is started.
 - dsrl_sac_step (with --algorithms dsrl): one DSRL-SAC gradient step (batch 256, 3 x 128 networks at full size) in
   each precision and one step of Stable-Baselines3's SAC with the same networks (`SAC.train(1)`, float32, the
   reference's baseline, script/reference/sb3_dsrl_sac.py), timed alternately in the same process; their ratios.
@@ -531,13 +536,7 @@ def bench_dsrl_sac_step(overrides: list[str], device: str, repeats: int) -> dict
         agent = hydra.utils.get_class(cfg._target_)(cfg)
         try:
             size, chunk = cfg.train.batch_size, (cfg.horizon_steps, cfg.action_dim)
-            obs_shape = (size, cfg.cond_steps, cfg.obs_dim)
-            batch = {"obs": {"state": torch.randn(obs_shape, device=device)},
-                     "next_obs": {"state": torch.randn(obs_shape, device=device)},
-                     "actions": torch.rand(size, *chunk, device=device) * 2 - 1,
-                     "stored": {"noise": torch.rand(size, *chunk, device=device) * 2 - 1},
-                     "rewards": torch.randn(size, device=device),
-                     "terminated": torch.zeros(size, dtype=torch.bool, device=device)}
+            batch = random_dsrl_batch(cfg, device)
             sb3 = dsrl_sac(cfg.obs_dim * cfg.cond_steps, chunk[0] * chunk[1], list(cfg.critic.mlp_dims), size,
                            cfg.train.action_magnitude, device=device)
             for row in range(size):
@@ -560,6 +559,57 @@ def bench_dsrl_sac_step(overrides: list[str], device: str, repeats: int) -> dict
     return result
 
 
+def bench_dsrl_costs(task: str, overrides: list[str], device: str, repeats: int) -> dict:
+    """DSRL's update cost on `task` at the task's DSRL settings (network width, train_freq, DDIM steps), without a
+    whole iteration: the median time of one gradient step of each variant (DSRL-NA's with the decoding of s', and
+    its noise-critic step with the decoding of fresh noise), their matmul rooflines, and the update time per env
+    step the settings imply: (utd * step [+ noise_critic_grad_steps * noise-critic step]) / (train_freq * n_envs
+    * act_steps). On a random replay batch of the task's shapes, in the run's precision (the decoding's)."""
+    result = {"task": task}
+    for variant in dsrl_module.VARIANTS:
+        with tempfile.TemporaryDirectory() as logdir:
+            cfg = compose_cfg([f"task={task}", *overrides, f"device={device}", f"train.variant={variant}"], logdir,
+                              ALGORITHM_CONFIGS["dsrl"])
+            agent = hydra.utils.get_class(cfg._target_)(cfg)
+            try:
+                batch = random_dsrl_batch(cfg, device)
+                steps = {"gradient_step": agent.gradient_step}
+                if variant == "na":
+                    steps["noise_critic_step"] = agent.noise_critic_step
+                timings = {}
+                for name, step in steps.items():
+                    with MatmulRecorder() as recorder:
+                        step(batch)
+                    timings[name] = {"seconds": median_seconds(lambda: step(batch), repeats, device),
+                                     "roofline_seconds": matmul_seconds(recorder.counts, repeats, device)}
+            finally:
+                agent.venv.close()
+        train = cfg.train
+        per_round = {key: train.utd * timings["gradient_step"][key]
+                     + train.noise_critic_grad_steps * timings.get("noise_critic_step", {}).get(key, 0.0)
+                     for key in ("seconds", "roofline_seconds")}
+        env_steps_per_round = train.train_freq * cfg.env.n_envs * cfg.act_steps
+        result[variant] = {**timings, "update_seconds_per_env_step": per_round["seconds"] / env_steps_per_round,
+                           "roofline_seconds_per_env_step": per_round["roofline_seconds"] / env_steps_per_round}
+    result["config"] = {"mlp_dims": list(cfg.critic.mlp_dims), "batch_size": cfg.train.batch_size,
+                        "utd": cfg.train.utd, "train_freq": cfg.train.train_freq, "n_envs": cfg.env.n_envs,
+                        "act_steps": cfg.act_steps, "ddim_steps": cfg.ddim_steps,
+                        "noise_critic_grad_steps": cfg.train.noise_critic_grad_steps, "precision": cfg.precision}
+    return result
+
+
+def random_dsrl_batch(cfg, device: str) -> dict:
+    """A replayed batch of random rows shaped as cfg's task: obs / next_obs, chunks, their noise, rewards."""
+    size, chunk = cfg.train.batch_size, (cfg.horizon_steps, cfg.action_dim)
+    obs_shape = (size, cfg.cond_steps, cfg.obs_dim)
+    return {"obs": {"state": torch.randn(obs_shape, device=device)},
+            "next_obs": {"state": torch.randn(obs_shape, device=device)},
+            "actions": torch.rand(size, *chunk, device=device) * 2 - 1,
+            "stored": {"noise": torch.rand(size, *chunk, device=device) * 2 - 1},
+            "rewards": torch.randn(size, device=device),
+            "terminated": torch.zeros(size, dtype=torch.bool, device=device)}
+
+
 def busy_loop() -> None:
     """A CPU-bound process standing for another job on the machine."""
     while True:
@@ -578,7 +628,7 @@ def machine() -> dict:
 
 
 def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str, busy: int,
-              algorithms: list[str]) -> dict:
+              algorithms: list[str], dsrl_tasks: list[str] = ()) -> dict:
     mode = TINY if tiny else FULL
     if threads is not None:
         set_threads(threads)
@@ -611,6 +661,9 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
         if "dsrl" in algorithms:
             results["dsrl_sac_step"] = bench_dsrl_sac_step(mode["algorithm_overrides"]["dsrl"] if tiny else [],
                                                            device, mode["repeats"])
+        results["dsrl_costs"] = [
+            bench_dsrl_costs(task, mode["algorithm_overrides"]["dsrl"] if tiny else [], device, mode["repeats"])
+            for task in dsrl_tasks]
     finally:
         for process in loaders:
             process.terminate()
@@ -626,6 +679,11 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
         if "update_roofline" in result:
             result["update_roofline"]["per_env_step_vs_dppo"] = (result["update_roofline"]["seconds_per_env_step"]
                                                                  / dppo["seconds_per_env_step"])
+    for costs in results["dsrl_costs"]:
+        dppo = results["iteration"][costs["config"]["precision"]]
+        for variant in dsrl_module.VARIANTS:
+            costs[variant]["update_per_env_step_vs_dppo"] = (costs[variant]["update_seconds_per_env_step"]
+                                                             / dppo["seconds_per_env_step"])
     return {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": machine(),
@@ -711,6 +769,18 @@ def table(report: dict) -> str:
             rows.append((f"DSRL-SAC step {precision} / SB3 SAC step fp32 (batch {step['batch_size']}, {step['mlp_dims']})",
                          f"{step[precision]['seconds'] * 1e3:.2f} / {step['sb3_seconds'] * 1e3:.2f} ms, "
                          f"{step[precision]['speedup']:.2f}x faster"))
+    for costs in report.get("dsrl_costs", []):
+        config = costs["config"]
+        for variant in dsrl_module.VARIANTS:
+            figures = costs[variant]
+            steps = ", ".join(f"{name} {step['seconds'] * 1e3:.1f} ms (roofline {step['roofline_seconds'] * 1e3:.1f})"
+                              for name, step in figures.items() if isinstance(step, dict))
+            rows.append((f"DSRL-{variant.upper()} on {costs['task']} ({config['mlp_dims']}, {config['precision']})",
+                         steps))
+            rows.append(("  update per env step, its roofline, / DPPO's whole iteration",
+                         f"{figures['update_seconds_per_env_step'] * 1e3:.2f} ms, "
+                         f"{figures['roofline_seconds_per_env_step'] * 1e3:.2f} ms, "
+                         f"{figures['update_per_env_step_vs_dppo']:.1f}x"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -723,6 +793,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--busy", type=int, default=0, help="CPU-bound processes to run beside the bench")
     parser.add_argument("--algorithms", default="", help=f"also bench one iteration of these: "
                                                           f"{','.join(ALGORITHM_CONFIGS)}")
+    parser.add_argument("--dsrl-tasks", default="", help="also DSRL's update cost per gradient step and per env "
+                                                          "step at these tasks' DSRL settings, e.g. hopper,can")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("overrides", nargs="*", help=f"Hydra overrides of {CONFIG_NAME}")
     args = parser.parse_args(argv)
@@ -730,7 +802,8 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = set(algorithms) - set(ALGORITHM_CONFIGS)
     if unknown:
         parser.error(f"--algorithms: unknown {sorted(unknown)}; use some of {','.join(ALGORITHM_CONFIGS)}.")
-    report = run_bench(args.overrides, args.tiny, args.threads, args.device, args.busy, algorithms)
+    report = run_bench(args.overrides, args.tiny, args.threads, args.device, args.busy, algorithms,
+                       [task for task in args.dsrl_tasks.split(",") if task])
     print(table(report))
     if args.json:
         with open(args.json, "w") as f:

@@ -99,7 +99,7 @@ def test_bench_tiny_mode_reports_every_figure(tmp_path):
     algorithm, every phase was timed where it runs, and no phase is counted twice (their sum stays within the
     iteration's time); the patched functions are restored afterwards."""
     backward = torch.autograd.backward
-    report = bench.main(["--tiny", "--threads", "1", "--algorithms", "dql,idql,awr,dsrl",
+    report = bench.main(["--tiny", "--threads", "1", "--algorithms", "dql,idql,awr,dsrl", "--dsrl-tasks", "hopper",
                          "--json", str(tmp_path / "bench.json")])
     assert torch.autograd.backward is backward
     assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(report))
@@ -149,6 +149,15 @@ def test_bench_tiny_mode_reports_every_figure(tmp_path):
     step = report["dsrl_sac_step"]
     assert step["sb3_seconds"] > 0 and all(step[p]["speedup"] == pytest.approx(step["sb3_seconds"] / step[p]["seconds"])
                                            for p in ("fp32", "bf16"))
+    (costs,) = report["dsrl_costs"]  # tiny: utd 2, 1 noise-critic step, train_freq 1, 2 envs, 4 actions a chunk
+    assert costs["task"] == "hopper" and costs["config"]["utd"] == 2
+    na = costs["na"]
+    assert na["update_seconds_per_env_step"] == pytest.approx(
+        (2 * na["gradient_step"]["seconds"] + na["noise_critic_step"]["seconds"]) / (1 * 2 * 4))
+    assert costs["sac"]["update_seconds_per_env_step"] == pytest.approx(2 * costs["sac"]["gradient_step"]["seconds"] / 8)
+    assert "noise_critic_step" not in costs["sac"]
+    assert all(costs[v]["roofline_seconds_per_env_step"] > 0 and costs[v]["update_per_env_step_vs_dppo"] > 0
+               for v in ("sac", "na"))
     for name in ("dql", "idql", "dsrl"):  # the first gradient step's matmuls, times the steps
         roofline = report["algorithms"][name]["update_roofline"]
         assert roofline["products_per_gradient_step"] > 0
