@@ -11,6 +11,7 @@ Resolvers usable in YAML after `register_resolvers()`:
 
 import math
 import os
+from dataclasses import dataclass
 from datetime import datetime
 
 from hydra.errors import InstantiationException
@@ -21,7 +22,29 @@ from dppo.errors import ConfigError, require
 from dppo.paths import data_dir, log_dir
 from dppo.precision import PRECISIONS, default_precision
 from dppo.runtime import default_device
-from dppo.schema import check_group
+from dppo.schema import check_group, check_present, check_targets, setting
+
+
+@dataclass
+class RunSettings:
+    """The top-level settings of a run (cfg/common.yaml, cfg/finetune.yaml, the task file, the preset), checked where
+    the config holds them."""
+
+    seed: int = setting("the run's seed (torch, numpy, the envs)", low=0)
+    threads: int | None = setting("torch threads of the job (null: torch's default)", low=1)
+    precision: str = setting("the update's precision (bf16 where the hardware multiplies bf16 natively)",
+                              choices=PRECISIONS)
+    obs_dim: int = setting("state dimensions of the task", low=1)
+    action_dim: int = setting("action dimensions of the task", low=1)
+    max_episode_steps: int = setting("the task's time limit in env steps", low=1)
+    horizon_steps: int = setting("actions in a chunk the policy predicts", low=1)
+    cond_steps: int = setting("observations the policy conditions on", low=1)
+    act_steps: int = setting("actions of a chunk the env executes", low=1)
+    denoising_steps: int = setting("the diffusion chain's steps", low=1)
+    ft_denoising_steps: int = setting("denoising steps fine-tuned (the chain's last ones)", low=1)
+    use_ddim: bool = setting("sample by DDIM (ddim_steps) instead of DDPM")
+    ddim_steps: int | None = setting("DDIM steps (with use_ddim)", low=1)
+
 
 DIFFUSION_ONLY_KEYS = ("denoising_steps", "ft_denoising_steps", "use_ddim", "ddim_steps")
 EVAL_NAMES = {"abs": abs, "int": int, "float": float, "max": max, "min": min, "round": round, "math": math}
@@ -103,18 +126,18 @@ def drop_keys_the_policy_ignores(cfg: DictConfig, overridden: frozenset[str]) ->
 def validate_config(cfg: DictConfig, overridden: frozenset[str] = frozenset()) -> None:
     """Checks run at start-up, before anything is built, each failing with one line that names the fix: keys the
     composed policy ignores (`overridden`: the keys the command line set), the config groups the agent declares a
-    schema for (dppo/schema.py), then the settings that depend on each other."""
+    schema for (dppo/schema.py) and every object a group builds (its constructor's signature), then the settings that
+    depend on each other."""
     check_keys(cfg, ["_target_", "seed", "device", "logdir"], where="Every config")
     drop_keys_the_policy_ignores(cfg, overridden)
+    check_present(cfg, RunSettings)
     for group, schema in getattr(get_class(cfg._target_), "settings_schemas", dict)().items():
         check_group(cfg, group, schema)
+    check_targets(cfg)
     if "env" in cfg and "max_episode_steps" in cfg:
         require(OmegaConf.select(cfg, "env.kwargs.max_episode_steps") == cfg.max_episode_steps,
                 f"max_episode_steps={cfg.max_episode_steps} does not reach the env: the task file's env.kwargs must "
                 "pass it on (env: kwargs: max_episode_steps: ${max_episode_steps}).")
-    if "denoising_steps" in cfg:
-        require(isinstance(cfg.denoising_steps, int) and cfg.denoising_steps >= 1,
-                f"denoising_steps={cfg.denoising_steps} must be an int >= 1 (the diffusion chain's steps).")
     if cfg.get("use_ddim"):
         require(cfg.get("ddim_steps") is not None, "use_ddim=true needs ddim_steps: add ddim_steps=5 (or another count).")
     if "ft_denoising_steps" in cfg and "denoising_steps" in cfg:  # a diffusion policy
@@ -130,9 +153,6 @@ def validate_config(cfg: DictConfig, overridden: frozenset[str] = frozenset()) -
     require(not str(cfg.device).startswith("cuda") or default_device() == "cuda",
             f"device={cfg.device} but torch sees no GPU here: use device=cpu (or leave device unset: a GPU when "
             "one is visible, else the CPU).")
-    if "precision" in cfg:
-        require(cfg.precision in PRECISIONS, f"precision={cfg.precision} is not a precision: use precision=fp32 or "
-                "precision=bf16 (bf16 where the hardware multiplies bf16 natively).")
 
 
 def startup_error_line(error: Exception) -> str:

@@ -1,6 +1,8 @@
 """Write docs/SETTINGS.md, the reference of the fine-tuning settings, from their schemas (dppo/schema.py): each key's
 type and allowed range, its doc, and its value in each algorithm's diffusion preset on Hopper (the YAML files in
-cfg/ hold the values; the schemas declare the rest, once).
+cfg/ hold the values; the schemas declare the rest, once). The objects a preset builds (`_target_` nodes: policy,
+network, critics) are listed from their constructors' signatures: each key's type, the code's default and the
+presets' values.
 
     python script/settings_reference.py            # rewrite docs/SETTINGS.md
     python script/settings_reference.py --check    # exit 1 when docs/SETTINGS.md is not what the schemas give
@@ -8,6 +10,7 @@ cfg/ hold the values; the schemas declare the rest, once).
 
 import argparse
 import dataclasses
+import inspect
 import os
 import sys
 
@@ -20,8 +23,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from agent.finetune.settings import FinetuneSettings  # noqa: E402
-from dppo.config import CONFIG_DIR, register_resolvers  # noqa: E402
-from dppo.schema import allowed  # noqa: E402
+from dppo.config import CONFIG_DIR, RunSettings, register_resolvers  # noqa: E402
+from dppo.paths import data_dir  # noqa: E402
+from dppo.schema import allowed, annotation_words, constructor_parameters, target_nodes  # noqa: E402
 from env.settings import EnvSettings  # noqa: E402
 
 OUT = os.path.join(REPO, "docs", "SETTINGS.md")
@@ -53,13 +57,16 @@ def shown(cfg, key: str) -> str:
     value = OmegaConf.select(cfg, key)
     if OmegaConf.is_config(value):
         value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, str):  # paths as the config writes them, not this machine's
+        value = value.replace(data_dir(), "${data_dir:}")
     return f"`{yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix(chr(10) + '...')}`"
 
 
 def table(fields: list, columns: list[str], cfgs: list, group: str) -> str:
     """A markdown table: key, allowed values, the value in each of `cfgs` (one column each), doc."""
     head = f"| key | allowed | {' | '.join(columns)} | what it sets |\n|---|---|{'---|' * len(columns)}---|\n"
-    return head + "".join(f"| `{key}` | {allowed(field)} | {' | '.join(shown(cfg, f'{group}.{key}') for cfg in cfgs)} "
+    path = f"{group}." if group else ""
+    return head + "".join(f"| `{key}` | {allowed(field)} | {' | '.join(shown(cfg, path + key) for cfg in cfgs)} "
                           f"| {field.metadata['doc']} |\n" for key, field in fields)
 
 
@@ -70,14 +77,46 @@ def reference() -> str:
     agents = [hydra.utils.get_class(cfg._target_) for cfg in cfgs]
     names = [cfg.algorithm_name for cfg in cfgs]
     shared = {key for key, _ in flat_fields(FinetuneSettings)}
-    text = HEADER + "\n## `env`\n\n" + table(flat_fields(EnvSettings), ["Hopper value"], cfgs[:1], "env")
+    text = HEADER + "\n## Top level (RunSettings, dppo/config.py)\n\n"
+    text += table([(field.name, field) for field in dataclasses.fields(RunSettings)], ["Hopper value"], cfgs[:1], "")
+    text += "\n## `env`\n\n" + table(flat_fields(EnvSettings), ["Hopper value"], cfgs[:1], "env")
     text += ("\n## `train`: the loop every algorithm shares (FinetuneSettings)\n\n"
              + table(flat_fields(FinetuneSettings), names, cfgs, "train"))
     for cfg, agent, name in zip(cfgs, agents, names):
         own = [(key, field) for key, field in flat_fields(agent.train_settings) if key not in shared]
         text += (f"\n## `train`: {name} ({agent.train_settings.__name__}, besides the loop's)\n\n"
                  + table(own, ["Hopper value"], [cfg], "train"))
+    return text + objects_reference(cfgs, names)
+
+
+def objects_reference(cfgs: list, names: list[str]) -> str:
+    """One table per (config path, class) the presets build: each constructor parameter the config sets, its type,
+    the code's default (- where the constructor has none) and its value in each preset that builds that class."""
+    builders = {}  # (path, target) -> [(preset name, node)]
+    for cfg, name in zip(cfgs, names):
+        for path, node in target_nodes(cfg):
+            builders.setdefault((path, node._target_), []).append((name, node))
+    text = ("\n## Objects the presets build (`_target_`)\n\nEach object's settings are its constructor's parameters "
+            "(the schema `script/run.py` checks keys and types against); \"code default\" is the constructor's, used "
+            "where a preset leaves the key out.\n")
+    for (path, target), users in builders.items():
+        parameters, hints, _ = constructor_parameters(hydra.utils.get_object(target))
+        keys = [key for key in parameters if any(key in node and not is_object(node[key]) for _, node in users)]
+        text += (f"\n### `{path}`: {target.rsplit('.', 1)[-1]} (`{target}`)\n\n"
+                 f"| key | type | code default | {' | '.join(name for name, _ in users)} |\n"
+                 f"|---|---|---|{'---|' * len(users)}\n")
+        for key in keys:
+            default = parameters[key].default
+            code = "-" if default is inspect.Parameter.empty else f"`{default!r}`"
+            kind = annotation_words(hints[key]) if key in hints else "any"
+            values = [shown(node, key) if key in node else "-" for _, node in users]
+            text += f"| `{key}` | {kind} | {code} | {' | '.join(values)} |\n"
     return text
+
+
+def is_object(value) -> bool:
+    """Whether a config value is itself an object the config builds (listed in its own table)."""
+    return OmegaConf.is_dict(value) and "_target_" in value
 
 
 def main() -> None:

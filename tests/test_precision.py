@@ -30,7 +30,7 @@ def test_config_records_the_precision_and_refuses_an_unknown_one(monkeypatch, tm
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset())
     assert cfg.precision == "fp32"  # resolved when read: config.yaml is saved resolved, so it records the value
     cfg = compose_config("ft_ppo_diffusion_mlp", [f"logdir={tmp_path}", "precision=fp16"])
-    with pytest.raises(ConfigError, match="precision=fp16 is not a precision: use precision=fp32 or precision=bf16"):
+    with pytest.raises(ConfigError, match="precision=fp16 is out of range: the update's precision .* must be one of fp32, bf16"):
         validate_config(cfg)
 
 

@@ -27,7 +27,19 @@ BAD_SETTINGS = [  # (overrides, the one line's start)
     (["train.gamma=1.5"], "ConfigError: train.gamma=1.5 is out of range: discount per chunk-step must be a float in"),
     (["train.gamma=-1"], "ConfigError: train.gamma=-1.0 is out of range: discount per chunk-step must be a float in"),
     (["train.update_epochs=0"], "ConfigError: train.update_epochs=0 is out of range: passes over the rollout"),
-    (["denoising_steps=0"], "ConfigError: denoising_steps=0 must be an int >= 1"),
+    (["denoising_steps=0"], "ConfigError: denoising_steps=0 is out of range: the diffusion chain's steps must be an "
+                            "int >= 1."),
+    (["obs_dim=0"], "ConfigError: obs_dim=0 is out of range: state dimensions of the task must be an int >= 1."),
+    (["max_episode_steps=-1"], "ConfigError: max_episode_steps=-1 is out of range: the task's time limit in env "
+                               "steps must be an int >= 1."),
+    (["seed=abc"], "ConfigError: seed='abc' has the wrong type: the run's seed (torch, numpy, the envs) must be an "
+                   "int >= 0."),
+    (["model.network.mlp_dims=abc"], "ConfigError: model.network.mlp_dims='abc' has the wrong type: DiffusionMLP "
+                                     "takes a list of ints there."),
+    (["+critic.mlp_dim=[64]"], "ConfigError: critic.mlp_dim is not a setting of CriticObs "
+                               "(model.common.critic.CriticObs): its settings are cond_dim, mlp_dims,"),
+    (["model.randn_clip_value=abc"], "ConfigError: model.randn_clip_value='abc' has the wrong type: "
+                                     "FinetuneDiffusion takes a float there."),
     (["+train.foo=1"], "ConfigError: train.foo is not a setting here (PPOTrainSettings: "),
     (["policy=flow", "ft_denoising_steps=5"], "ConfigError: ft_denoising_steps=5 means nothing for policy=flow"),
     (["train.actor_lr_scheduler.warmup_steps=-1"],
