@@ -92,7 +92,8 @@ def schema_field(schema, dotted_key: str) -> dataclasses.Field | None:
 
 
 # Settings renamed so that one concept has one name: {old dotted key: new dotted key}.
-RENAMED = {"train.critic_tau": "train.tau", "train.target_ema_rate": "train.tau", "train.val_freq": "train.eval_interval"}
+RENAMED = {"train.critic_tau": "train.tau", "train.target_ema_rate": "train.tau", "train.val_freq": "train.eval_interval",
+           "model.reward_horizon": "model.act_steps"}
 
 
 def check_group(cfg, group: str, schema) -> None:
@@ -136,6 +137,9 @@ def check_targets(cfg: DictConfig) -> None:
         for key, value in values.items():
             if key in HYDRA_KEYS:
                 continue
+            if f"{path}.{key}" in RENAMED:
+                raise ConfigError(f"{path}.{key} is now {RENAMED[f'{path}.{key}']} (one name for one setting): set "
+                                  f"{RENAMED[f'{path}.{key}']}={value}.")
             if key not in parameters:
                 if takes_any_key:
                     continue

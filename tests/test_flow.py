@@ -80,7 +80,7 @@ def test_euler_sampling_shapes_and_exactness_for_a_constant_velocity(steps):
 
 
 def test_noisy_step_log_probs_equal_torch_distributions_step_by_step():
-    model = make_ppo_flow(reward_horizon=2)
+    model = make_ppo_flow(act_steps=2)
     cond = cond_of(3)
     actions, stored = model.explore(cond)
     chains = stored["chains"]

@@ -223,7 +223,7 @@ def test_diffusion_explore_keeps_the_log_probs_the_update_would_recompute(mode):
 def test_flow_explore_keeps_the_log_probs_the_update_would_recompute():
     from test_flow import cond_of, make_ppo_flow
 
-    model = make_ppo_flow(reward_horizon=2)
+    model = make_ppo_flow(act_steps=2)
     cond = cond_of(16)
     with torch.no_grad():
         _, stored = model.explore(cond)

@@ -105,7 +105,7 @@ def test_chain_log_probs_match_stepwise_normal(mode):
     assert not torch.allclose(with_base, log_probs), "default network of the log-probs is actor_ft"
 
 
-def test_reduced_log_probs_clamp_then_mean_over_reward_horizon():
+def test_reduced_log_probs_clamp_then_mean_over_the_executed_actions():
     model = make_ppo(min_logprob_denoising_std=0.01)
     cond = make_cond(3)
     chains = fresh_chains(model, cond, deterministic=True)
@@ -118,7 +118,7 @@ def test_reduced_log_probs_clamp_then_mean_over_reward_horizon():
         torch.testing.assert_close(reduced, raw.clamp(-5, 2).mean(dim=(-2, -1)))
         assert not torch.allclose(reduced, raw.mean(dim=(-2, -1)).clamp(-5, 2))
 
-        short = make_ppo(min_logprob_denoising_std=0.01, reward_horizon=2)
+        short = make_ppo(min_logprob_denoising_std=0.01, act_steps=2)
         torch.testing.assert_close(short.reduced_log_probs(cond, chains), raw[:, :, :2].clamp(-5, 2).mean(dim=(-2, -1)))
         later_actions_moved = chains.clone()
         later_actions_moved[:, -1, 2:] += 5.0

@@ -46,6 +46,7 @@ BAD_SETTINGS = [  # (overrides, the one line's start)
      "ConfigError: train.actor_lr_scheduler.warmup_steps=-1 is out of range: iterations of linear warm-up"),
     (["env.family=gymnasium"], "ConfigError: env.family=gymnasium is out of range: the task family must be one of"),
     (["+train.target_ema_rate=0.1"], "ConfigError: train.target_ema_rate is now train.tau (one name for one setting)"),
+    (["+model.reward_horizon=4"], "ConfigError: model.reward_horizon is now model.act_steps (one name for one setting)"),
 ]
 
 

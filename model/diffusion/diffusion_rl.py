@@ -10,7 +10,7 @@ DPPO fine-tunes the last K' = 10 of K = 20 steps; the baselines (DRWR, DAWR, DQL
 IDQL) fine-tune all of them (`ft_denoising_steps` = null).
 
 For PPO each fine-tuned step is one log-probability term: element-wise log-densities
-clamped to [logprob_min, logprob_max], then averaged over the first `reward_horizon`
+clamped to [logprob_min, logprob_max], then averaged over the first `act_steps`
 actions of the chunk (the executed ones) and the action dims.
 """
 
@@ -28,7 +28,7 @@ class FinetuneDiffusion(DiffusionModel, FinetunePolicy):
 
     def __init__(self, network: nn.Module, ft_denoising_steps: int | None = None,
                  min_sampling_denoising_std: float = 0.1, min_logprob_denoising_std: float = 0.1,
-                 reward_horizon: int | None = None, logprob_min: float = -5.0, logprob_max: float = 2.0, **kwargs):
+                 act_steps: int | None = None, logprob_min: float = -5.0, logprob_max: float = 2.0, **kwargs):
         super().__init__(network=network, min_sampling_denoising_std=min_sampling_denoising_std, **kwargs)
         ft_denoising_steps = self.sampling_steps if ft_denoising_steps is None else ft_denoising_steps
         if not 0 < ft_denoising_steps <= self.sampling_steps:
@@ -36,12 +36,11 @@ class FinetuneDiffusion(DiffusionModel, FinetunePolicy):
                 f"ft_denoising_steps ({ft_denoising_steps}) must be in 1..{self.sampling_steps} "
                 f"(the number of {'DDIM' if self.use_ddim else 'denoising'} steps): lower ft_denoising_steps."
             )
-        if reward_horizon is not None and not 0 < reward_horizon <= self.horizon_steps:
-            raise ValueError(f"reward_horizon={reward_horizon} must be in 1..horizon_steps ({self.horizon_steps}): "
-                             "set it to act_steps.")
+        if act_steps is not None and not 0 < act_steps <= self.horizon_steps:
+            raise ValueError(f"act_steps={act_steps} must be in 1..horizon_steps ({self.horizon_steps}): lower it.")
         self.ft_denoising_steps = ft_denoising_steps
         self.min_logprob_denoising_std = min_logprob_denoising_std
-        self.reward_horizon = reward_horizon or self.horizon_steps
+        self.act_steps = act_steps or self.horizon_steps
         self.logprob_min = logprob_min
         self.logprob_max = logprob_max
         self.actor_ft = copy.deepcopy(self.network)
@@ -94,7 +93,7 @@ class FinetuneDiffusion(DiffusionModel, FinetunePolicy):
     def reduce_log_probs(self, log_prob: torch.Tensor) -> torch.Tensor:
         """(B, K', Ta, Da) element-wise log-probabilities -> (B, K'): clamp, mean over executed actions and dims."""
         log_prob = log_prob.clamp(self.logprob_min, self.logprob_max)
-        return log_prob[:, :, : self.reward_horizon].mean(dim=(-2, -1))
+        return log_prob[:, :, : self.act_steps].mean(dim=(-2, -1))
 
     def chain_log_probs(self, cond: dict, chains: torch.Tensor, network: nn.Module | None = None) -> torch.Tensor:
         """log pi(chain[:, j+1] | chain[:, j], s) of each fine-tuned step, element-wise.

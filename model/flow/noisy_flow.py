@@ -5,7 +5,7 @@ Each of the K Euler steps becomes a Gaussian step x_{k+1} ~ N(mu_k, sigma_k^2) w
 Every step then has an exact log-density. Two reductions of the chain's log-probability into one PPO term:
 
 - "per_step" (this project's first variant, `ft_ppo_flow_mlp`): each step's element-wise log-density is clamped to
-  [logprob_min, logprob_max] and averaged over the executed actions (`reward_horizon`) and the action dims, then
+  [logprob_min, logprob_max] and averaged over the executed actions (`act_steps`) and the action dims, then
   the K steps are summed;
 - "chain_mean" (ReinFlow's, `ft_reinflow_flow_mlp`): log N(x_0; 0, I) plus every step's log-density, summed over
   all Ta x Da elements and the K + 1 terms, divided by (K + 1) x Ta x Da, then clamped to [logprob_min, logprob_max].
@@ -87,14 +87,14 @@ class NoisyFlowPolicy(FlowModel, FinetunePolicy):
 
     has_entropy = True
 
-    def __init__(self, noise_network: NoiseNetwork, reward_horizon: int | None = None,
+    def __init__(self, noise_network: NoiseNetwork, act_steps: int | None = None,
                  log_prob_reduction: str = "per_step", logprob_min: float = -5.0, logprob_max: float = 2.0,
                  step_mean_clip: float | None = None, sigma_max_schedule: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         if log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction={log_prob_reduction!r}: use one of {LOG_PROB_REDUCTIONS}.")
         self.noise_network = noise_network.to(self.device)
-        self.reward_horizon = reward_horizon or self.horizon_steps
+        self.act_steps = act_steps or self.horizon_steps
         self.log_prob_reduction = log_prob_reduction
         self.logprob_min = logprob_min
         self.logprob_max = logprob_max
@@ -180,7 +180,7 @@ class NoisyFlowPolicy(FlowModel, FinetunePolicy):
     def chain_log_prob(self, x0: torch.Tensor, step_log_probs: torch.Tensor) -> torch.Tensor:
         """x0 (B, Ta, Da) and (B, K, Ta, Da) element-wise step log-densities -> (B, 1), reduced as configured."""
         if self.log_prob_reduction == "per_step":
-            log_prob = step_log_probs.clamp(self.logprob_min, self.logprob_max)[:, :, : self.reward_horizon]
+            log_prob = step_log_probs.clamp(self.logprob_min, self.logprob_max)[:, :, : self.act_steps]
             return log_prob.mean(dim=(-2, -1)).sum(dim=1, keepdim=True)
         prior = -0.5 * x0**2 - HALF_LOG_2PI  # log N(x0; 0, I), element-wise
         total = prior.sum(dim=(-2, -1)) + step_log_probs.sum(dim=(1, 2, 3))
