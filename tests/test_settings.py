@@ -3,21 +3,29 @@ allowed, a non-zero exit, no run directory. Settings that used to be ignored are
 max_episode_steps) or refused (diffusion keys under a policy without denoising steps)."""
 
 import dataclasses
+import glob
+import inspect
 import os
 import subprocess
 import sys
+from collections import Counter, defaultdict
 
 import pytest
 import torch
 from conftest import compose_config
+from hydra.utils import get_object
+from omegaconf import OmegaConf
 
 from agent.finetune.ppo import PPOTrainSettings
-from dppo.config import ConfigError, validate_config
+from dppo.config import ConfigError, task_names, validate_config
+from dppo.schema import constructor_parameters, target_nodes
 from env.families import make_family_env
 from model.rl.ppo import PPOSettings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
+PRESETS = sorted(os.path.basename(path)[:-5] for path in glob.glob(os.path.join(REPO, "cfg", "*.yaml"))
+                 if os.path.basename(path) not in ("common.yaml", "finetune.yaml", "pretrain.yaml"))
 
 BAD_SETTINGS = [  # (overrides, the one line's start)
     (["train.batch_size=0"], "ConfigError: train.batch_size=0 is out of range: samples per gradient step"),
@@ -110,3 +118,30 @@ def test_every_ppo_loss_setting_comes_from_the_ppo_schema():
     schema_fields = {field.name for field in dataclasses.fields(PPOTrainSettings)}
     assert {field.name for field in dataclasses.fields(PPOSettings)} <= schema_fields
     assert compose_config("ft_ppo_diffusion_mlp", ["device=cpu"]).train.gamma_denoising == 0.99 != PPOSettings().gamma_denoising
+
+
+def test_no_code_default_is_one_every_preset_replaces():
+    """A constructor default that no preset uses misleads whoever reads the code (gamma_denoising was 1.0 in the loss
+    and 0.99 in every config): for each class a preset builds, on every task, no parameter has a code default that
+    every preset building the class replaces by one same other value."""
+    builds, values = Counter(), defaultdict(list)
+    for config_name in PRESETS:
+        for task in task_names():
+            if task.endswith("_img") != config_name.endswith("_img"):
+                continue
+            try:
+                cfg = compose_config(config_name, ["device=cpu", f"task={task}"])
+            except Exception:  # a preset that does not compose with this task (an image config's interpolations)
+                continue
+            for _, node in target_nodes(cfg):
+                builds[node._target_] += 1
+                parameters = constructor_parameters(get_object(node._target_))[0]
+                for key, value in OmegaConf.to_container(node, resolve=False).items():
+                    default = parameters[key].default if key in parameters else inspect.Parameter.empty
+                    if default is not inspect.Parameter.empty and not isinstance(value, dict) and "${" not in str(value):
+                        values[node._target_, key, repr(default)].append(value)
+    assert sum(builds.values()) > 100
+    misleading = [(target, key, default, preset_values[0]) for (target, key, default), preset_values in values.items()
+                  if len(preset_values) == builds[target] and len({repr(v) for v in preset_values}) == 1
+                  and preset_values[0] != (list(eval(default)) if default.startswith("(") else eval(default))]
+    assert not misleading

@@ -28,8 +28,12 @@ class FinetuneDiffusion(DiffusionModel, FinetunePolicy):
 
     def __init__(self, network: nn.Module, ft_denoising_steps: int | None = None,
                  min_sampling_denoising_std: float = 0.1, min_logprob_denoising_std: float = 0.1,
-                 act_steps: int | None = None, logprob_min: float = -5.0, logprob_max: float = 2.0, **kwargs):
-        super().__init__(network=network, min_sampling_denoising_std=min_sampling_denoising_std, **kwargs)
+                 act_steps: int | None = None, logprob_min: float = -5.0, logprob_max: float = 2.0,
+                 randn_clip_value: float = 3.0, final_action_clip_value: float | None = None, **kwargs):
+        """Fine-tuning's own defaults, those of the reference's fine-tuning configs: each draw of the chain's noise
+        clipped at 3 (pre-training's sampler: 10), and no clip of the final action (the env's bounds apply)."""
+        super().__init__(network=network, min_sampling_denoising_std=min_sampling_denoising_std,
+                         randn_clip_value=randn_clip_value, final_action_clip_value=final_action_clip_value, **kwargs)
         ft_denoising_steps = self.sampling_steps if ft_denoising_steps is None else ft_denoising_steps
         if not 0 < ft_denoising_steps <= self.sampling_steps:
             raise ValueError(
