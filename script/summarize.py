@@ -21,6 +21,13 @@ normalized score, 100 (R - random) / (reference - random). When every run logs a
 rate (manipulation tasks), the table gives the initial, final and best success rate instead of returns.
 --evals-csv writes every evaluation of every run (label, run, seed, iteration, env steps, wall time,
 return and its std over episodes).
+
+    python script/summarize.py RUN [RUN ...] --labels ... --at-env-steps 150000 300000 --reach 2000
+
+compares runs at equal sample budgets: `--at-env-steps N` adds a column "eval at N env steps", the last evaluation
+made within N env steps (success rate on manipulation tasks), and `--reach R` a column "env steps to eval R", the
+env steps reached before the first evaluation at or above R; a run that never reached R counts as "not reached"
+(the cell then lists each run's value, without a mean).
 """
 
 import argparse
@@ -52,8 +59,13 @@ EVAL_COLUMNS = ("label", "run", "seed", "iteration", "env steps", "wall time (mi
                 "episodes")
 
 
-def format_cell(values: list[float], digits: int = 1) -> str:
-    """`mean`, or `mean +- std (v1, v2, ...)` over several runs (sample std, ddof 1), with `digits` decimals."""
+def format_cell(values: list[float | None], digits: int = 1) -> str:
+    """`mean`, or `mean +- std (v1, v2, ...)` over several runs (sample std, ddof 1), with `digits` decimals; where
+    a run has no value (None: a budget figure it never reached) only the runs' values, with "not reached"."""
+    if any(value is None for value in values):
+        shown = ["not reached" if value is None else f"{value:,.{digits}f}" for value in values]
+        return shown[0] if len(values) == 1 else f"{len(values) - shown.count('not reached')} of {len(values)}: " \
+            f"{', '.join(shown)}"
     mean = float(np.mean(values))
     if len(values) == 1:
         return f"{mean:,.{digits}f}"
@@ -91,25 +103,50 @@ def finetuning_summary(run: str) -> dict:
     return summary
 
 
-def summary_table(runs: list[str], labels: list[str]) -> str:
+def budget_figures(run: str, at_env_steps: list[int], reach: list[float]) -> dict:
+    """The run's last evaluation within each budget of `at_env_steps` (None: none within it) and the env steps
+    reached before its first evaluation >= each target of `reach` (None: never); on the success rate when the run
+    logs one."""
+    rows = read_metrics(run)
+    key = success_key(rows) or "eval/episode_return"
+    env_steps = x_by_step(rows, "env_steps")
+    evals = [(env_steps[row["step"]], row[key]) for row in rows if key in row]
+    figures = {}
+    for budget in at_env_steps:
+        within = [value for steps, value in evals if steps <= budget]
+        figures[f"eval at {budget:,} env steps"] = within[-1] if within else None
+    for target in reach:
+        reached = [steps for steps, value in evals if value >= target]
+        figures[f"env steps to eval {target:,g}"] = reached[0] if reached else None
+    return figures
+
+
+def summary_table(runs: list[str], labels: list[str], at_env_steps: list[int] = (), reach: list[float] = ()) -> str:
     """Markdown table, one row per label; a D4RL score column when every run's task has references; the eval
-    success rate (2 decimals) instead of the return when every run logs one (manipulation tasks)."""
+    success rate (2 decimals) instead of the return when every run logs one (manipulation tasks); the budget
+    columns of `budget_figures` after the final eval."""
     references = [d4rl_references(run) for run in runs]
     summaries = [finetuning_summary(run) for run in runs]
     columns = list(COLUMNS)
-    if all(SUCCESS_COLUMNS[0] in summary for summary in summaries):
+    success = all(SUCCESS_COLUMNS[0] in summary for summary in summaries)
+    if success:
         columns = [*SUCCESS_COLUMNS, *COLUMNS[3:]]
     elif all(references):
         columns.insert(2, SCORE_COLUMN)
         for summary, reference in zip(summaries, references):
             summary[SCORE_COLUMN] = d4rl_score(summary["final eval return"], reference)
+    for run, summary in zip(runs, summaries):
+        summary.update(budget_figures(run, at_env_steps, reach))
+    budget_columns = [key for key in summaries[0] if key.startswith(("eval at ", "env steps to "))]
+    columns[2:2] = budget_columns
     groups: dict[str, list[dict]] = {}
     for summary, label in zip(summaries, labels):
         groups.setdefault(label, []).append(summary)
     lines = ["| run | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for label, summaries in groups.items():
-        cells = [format_cell([s[column] for s in summaries], 2 if column in SUCCESS_COLUMNS else 1)
-                 for column in columns]
+        digits = {column: 2 if column in SUCCESS_COLUMNS or (success and column.startswith("eval at ")) else
+                  0 if column.startswith("env steps to ") else 1 for column in columns}
+        cells = [format_cell([s[column] for s in summaries], digits[column]) for column in columns]
         lines.append(f"| {label} | {len(summaries)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -139,6 +176,10 @@ def main() -> None:
                         help="label each run by these keys of its config.yaml (e.g. env_name algorithm_name)")
     parser.add_argument("--out", default=None, help="also write the table of run dirs to this file")
     parser.add_argument("--evals-csv", default=None, help="also write every evaluation of the runs to this CSV")
+    parser.add_argument("--at-env-steps", nargs="+", type=int, default=[], metavar="N",
+                        help="also each run's last evaluation within N env steps")
+    parser.add_argument("--reach", nargs="+", type=float, default=[], metavar="R",
+                        help="also the env steps each run took to an evaluation >= R")
     args = parser.parse_args()
     if len(args.runs) == 1 and is_sweep_dir(args.runs[0]):
         csv_path, md_path = write_summary(args.runs[0])
@@ -152,7 +193,7 @@ def main() -> None:
     if len(labels) != len(args.runs):
         raise SystemExit(f"--labels needs one label per run ({len(args.runs)}), got {len(labels)}.")
     try:
-        table = summary_table(args.runs, labels)
+        table = summary_table(args.runs, labels, args.at_env_steps, args.reach)
         if args.evals_csv:
             write_evals_csv(args.runs, labels, args.evals_csv)
     except FileNotFoundError as error:
