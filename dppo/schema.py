@@ -211,8 +211,8 @@ def matches(value, annotation) -> bool:
         return isinstance(value, str)
     if (origin or annotation) in (list, tuple, collections.abc.Sequence):
         items = [arg for arg in args if arg is not Ellipsis]
-        return isinstance(value, (list, tuple)) and (not items or all(
-            matches(item, items[0] if len(items) == 1 else items[min(i, len(items) - 1)]) for i, item in enumerate(value)))
+        return isinstance(value, (list, tuple)) and (not items or all(  # tuple[int, float]: one type per position
+            matches(item, items[min(i, len(items) - 1)]) for i, item in enumerate(value)))
     if (origin or annotation) in (dict, collections.abc.Mapping):
         return isinstance(value, dict)
     return True
