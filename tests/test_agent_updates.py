@@ -66,6 +66,25 @@ def test_ppo_learns_nothing_from_a_cut_step(pretrained, tmp_path):
     assert any(not torch.equal(after[0]["model"][key], before["model"][key]) for key in before["model"]), "it learned"
 
 
+def test_reward_offset_is_taken_from_each_env_step_the_agent_learns_from(pretrained, tmp_path):
+    """train.reward_offset (DSRL's on sparse-success tasks): the rollout's rewards are the env's less the offset once
+    per env step the chunk ran (4, fewer where an episode ended within it); the reported episode returns stay the
+    env's."""
+    rollouts, metrics = [], []
+    for offset in (0, 2.5):
+        agent = make_agent(PPOAgent, "ft_ppo_diffusion_mlp", pretrained, tmp_path / str(offset),
+                           extra=[f"train.reward_offset={offset}"])
+        torch.manual_seed(0)
+        rollout, _, rollout_metrics = agent.collect_rollout(agent.reset_envs())
+        rollouts.append(rollout)
+        metrics.append(rollout_metrics)
+    steps_run = (rollouts[0].rewards - rollouts[1].rewards) / 2.5  # (T, n_envs) env steps of each chunk
+    torch.testing.assert_close(steps_run, steps_run.round())
+    assert torch.all(steps_run[~rollouts[0].ends] == 4)
+    assert rollouts[0].ends.any() and torch.all((steps_run[rollouts[0].ends] >= 1) & (steps_run[rollouts[0].ends] <= 4))
+    assert metrics[0]["episode_return"] == metrics[1]["episode_return"]
+
+
 def test_dawr_td_lambda_restarts_at_an_episode_start_in_the_replay(pretrained, tmp_path):
     """An episode that starts in the replay without an end before it (after an evaluation, a resume or
     reset_at_iteration) cuts the TD(lambda) return there as an end would: the step before it bootstraps from

@@ -50,7 +50,8 @@ class RolloutCollection:
                 result = concat_steps([group_step[3] for group_step in group_steps])
                 ends = result.terminated | result.truncated
                 for key, value in (("obs", step_obs), ("next_obs", result.final_obs), ("actions", actions),
-                                   ("stored", stored), ("rewards", result.reward), ("terminated", result.terminated),
+                                   ("stored", stored), ("rewards", self.learned_rewards(result)),
+                                   ("terminated", result.terminated),
                                    ("ends", ends), ("firsts", self.next_firsts), ("cut", result.cut & ends)):
                     steps[key].append(value)
                 finished = self.tracker.update(result.reward, result.n_executed, ends, result.cut, result.success)
@@ -87,6 +88,12 @@ class RolloutCollection:
             actions, stored = self.explore(obs)
         self.venv.step_async(g, actions[:, : self.act_steps])
         return obs, actions, stored
+
+    def learned_rewards(self, result) -> torch.Tensor:
+        """(n_envs,) chunk rewards the agent learns from: the env's, less `train.reward_offset` for each env step
+        the chunk ran (`n_executed`). The reference's DSRL on robomimic subtracts 1 per step, so that a sparse
+        0/1 success reward costs -1 per step until success."""
+        return result.reward - self.cfg.train.reward_offset * result.n_executed
 
     def scale_rewards(self, rewards: torch.Tensor, firsts: torch.Tensor) -> torch.Tensor:
         """(T, N) rewards of one rollout (every rank's envs) -> scaled once for the whole rollout (running std or

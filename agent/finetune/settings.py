@@ -28,6 +28,8 @@ class FinetuneSettings:
     gamma: float = setting("discount per chunk-step", low=0, high=1)
     reward_scale_running: bool = setting("divide rewards by the running std of the discounted return")
     reward_scale_const: float = setting("reward factor when reward_scale_running is false", above=0)
+    reward_offset: float = setting("subtracted from every env step's reward before learning (episode returns are "
+                                   "reported as the env gives them)")
     n_critic_warmup_itr: int = setting("first iterations that train only the critics", low=0)
     max_grad_norm: float | None = setting("actor gradient-norm clip (null: none)", above=0)
     actor_lr: float = setting("actor learning rate", low=0)
