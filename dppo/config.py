@@ -22,7 +22,7 @@ from dppo.errors import ConfigError, require
 from dppo.paths import data_dir, log_dir
 from dppo.precision import PRECISIONS, default_precision
 from dppo.runtime import default_device
-from dppo.schema import check_group, check_present, check_targets, setting
+from dppo.schema import check_group, check_present, check_renamed, check_targets, setting
 
 
 @dataclass
@@ -130,6 +130,7 @@ def validate_config(cfg: DictConfig, overridden: frozenset[str] = frozenset()) -
     depend on each other."""
     check_keys(cfg, ["_target_", "seed", "device", "logdir"], where="Every config")
     drop_keys_the_policy_ignores(cfg, overridden)
+    check_renamed(cfg)
     check_present(cfg, RunSettings)
     for group, schema in getattr(get_class(cfg._target_), "settings_schemas", dict)().items():
         check_group(cfg, group, schema)

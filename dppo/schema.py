@@ -69,6 +69,11 @@ def in_range(value, field: dataclasses.Field) -> bool:
             and (meta["above"] is None or value > meta["above"]))
 
 
+def out_of_range(key: str, value, field: dataclasses.Field) -> str:
+    """The one line of a value outside its field's range."""
+    return f"{key}={value} is out of range: {field.metadata['doc']} must be {allowed(field)}."
+
+
 def range_error(settings, prefix: str) -> str | None:
     """The first field of the dataclass instance `settings` (or of its nested groups) out of range, as one line."""
     for field in dataclasses.fields(settings):
@@ -78,7 +83,7 @@ def range_error(settings, prefix: str) -> str | None:
             if error:
                 return error
         elif field.metadata and not in_range(value, field):
-            return f"{key}={value} is out of range: {field.metadata['doc']} must be {allowed(field)}."
+            return out_of_range(key, value, field)
     return None
 
 
@@ -96,11 +101,15 @@ RENAMED = {"train.critic_tau": "train.tau", "train.target_ema_rate": "train.tau"
            "model.reward_horizon": "model.act_steps"}
 
 
+def check_renamed(cfg) -> None:
+    """A key of RENAMED anywhere in cfg stops the run with one line naming its new name."""
+    for old, new in RENAMED.items():
+        if OmegaConf.select(cfg, old) is not None:
+            raise ConfigError(f"{old} is now {new} (one name for one setting): set {new}={OmegaConf.select(cfg, old)}.")
+
+
 def check_group(cfg, group: str, schema) -> None:
     """Validate cfg[group] (resolved) against `schema`; a ConfigError of one line names the first problem."""
-    for old, new in RENAMED.items():
-        if old.startswith(f"{group}.") and OmegaConf.select(cfg, old) is not None:
-            raise ConfigError(f"{old} is now {new} (one name for one setting): set {new}={OmegaConf.select(cfg, old)}.")
     values = OmegaConf.to_container(cfg[group], resolve=True)
     try:
         typed = OmegaConf.merge(OmegaConf.structured(schema), values)
@@ -137,9 +146,6 @@ def check_targets(cfg: DictConfig) -> None:
         for key, value in values.items():
             if key in HYDRA_KEYS:
                 continue
-            if f"{path}.{key}" in RENAMED:
-                raise ConfigError(f"{path}.{key} is now {RENAMED[f'{path}.{key}']} (one name for one setting): set "
-                                  f"{RENAMED[f'{path}.{key}']}={value}.")
             if key not in parameters:
                 if takes_any_key:
                     continue
@@ -241,4 +247,4 @@ def check_present(cfg: DictConfig, schema) -> None:
             raise ConfigError(f"{field.name}={value!r} has the wrong type: {field.metadata['doc']} must be "
                               f"{allowed(field)}.")
         if not in_range(value, field):
-            raise ConfigError(f"{field.name}={value} is out of range: {field.metadata['doc']} must be {allowed(field)}.")
+            raise ConfigError(out_of_range(field.name, value, field))

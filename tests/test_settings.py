@@ -124,7 +124,7 @@ def test_no_code_default_is_one_every_preset_replaces():
     """A constructor default that no preset uses misleads whoever reads the code (gamma_denoising was 1.0 in the loss
     and 0.99 in every config): for each class a preset builds, on every task, no parameter has a code default that
     every preset building the class replaces by one same other value."""
-    builds, values = Counter(), defaultdict(list)
+    builds, values, defaults = Counter(), defaultdict(list), {}
     for config_name in PRESETS:
         for task in task_names():
             if task.endswith("_img") != config_name.endswith("_img"):
@@ -139,9 +139,11 @@ def test_no_code_default_is_one_every_preset_replaces():
                 for key, value in OmegaConf.to_container(node, resolve=False).items():
                     default = parameters[key].default if key in parameters else inspect.Parameter.empty
                     if default is not inspect.Parameter.empty and not isinstance(value, dict) and "${" not in str(value):
-                        values[node._target_, key, repr(default)].append(value)
+                        values[node._target_, key].append(value)
+                        defaults[node._target_, key] = list(default) if isinstance(default, tuple) else default
     assert sum(builds.values()) > 100
-    misleading = [(target, key, default, preset_values[0]) for (target, key, default), preset_values in values.items()
+    misleading = [(target, key, defaults[target, key], preset_values[0])
+                  for (target, key), preset_values in values.items()
                   if len(preset_values) == builds[target] and len({repr(v) for v in preset_values}) == 1
-                  and preset_values[0] != (list(eval(default)) if default.startswith("(") else eval(default))]
+                  and preset_values[0] != defaults[target, key]]
     assert not misleading
