@@ -27,6 +27,21 @@ def derived_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
+ENV_SEED_STREAMS = {"build": 0, "train": 1, "eval": 2}  # the envs' uses, each with its own seeds
+
+
+def env_seed(run_seed: int, stream: str, itr: int = 0) -> int:
+    """The seed of the run's env 0 for one use of its envs (`stream`: "build", "train" resets, "eval" resets) at
+    iteration `itr`; env i (over every rank) gets this + i.
+
+    Hashed from all three, so that runs of different seeds start unrelated episodes: with `run_seed + i`, a
+    sweep's seed-1 run replayed the episodes of seed 0's env i + 1 in its env i at every iteration, and the seeds'
+    spread understated the noise. Two uses' ranges of N envs overlap with chance about 2N / 2**31. Below
+    2**31 - 2**16, so that + i stays a 32-bit seed for every simulator.
+    """
+    return derived_seed(run_seed, ENV_SEED_STREAMS[stream], itr) % (2**31 - 2**16)
+
+
 def default_device() -> str:
     """'cuda' when a GPU is visible, else 'cpu'."""
     return "cuda" if torch.cuda.is_available() else "cpu"

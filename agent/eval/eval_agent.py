@@ -18,7 +18,7 @@ from agent.eval.episodes import summarize
 from agent.eval.rollout import run_episodes
 from dppo.checkpoint import FINETUNE_CHECKPOINT_FORMAT, load_checkpoint, load_state_dict_checked
 from dppo.logging import MetricLogger
-from dppo.runtime import prepare_run_dir, set_seed, wandb_config
+from dppo.runtime import env_seed, prepare_run_dir, set_seed, wandb_config
 from env.vector import make_task_vector_env
 from model.common.pretrained import denoiser_weights
 
@@ -64,7 +64,7 @@ class EvalAgent:
         self.venv = make_task_vector_env(
             cfg.env, n_envs=cfg.env.n_envs, cond_steps=model_cfg.cond_steps, act_steps=cfg.act_steps,
             normalization_path=cfg.normalization_path, device=cfg.device, asynchronous=cfg.env.asynchronous,
-            seed=cfg.seed, video_dir=os.path.join(cfg.logdir, "videos") if cfg.env.save_video else None,
+            seed=env_seed(cfg.seed, "build"), video_dir=os.path.join(cfg.logdir, "videos") if cfg.env.save_video else None,
         )
         prepare_run_dir(cfg.logdir, cfg)
         self.logger = MetricLogger(cfg.logdir, wandb_cfg=wandb_config(cfg), config=OmegaConf.to_container(cfg))
@@ -73,7 +73,7 @@ class EvalAgent:
         cfg = self.cfg
         episodes = run_episodes(
             self.venv, self.model.act if cfg.deterministic else lambda obs: self.model.explore(obs)[0],
-            n_episodes=cfg.n_episodes, act_steps=cfg.act_steps, seed=cfg.seed,
+            n_episodes=cfg.n_episodes, act_steps=cfg.act_steps, seed=env_seed(cfg.seed, "eval"),
         )
         results = summarize(episodes)
         results["checkpoint_path"] = os.path.abspath(cfg.checkpoint_path)

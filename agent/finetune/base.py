@@ -59,7 +59,7 @@ from dppo.distributed import any_rank, broadcast_tensor, init_distributed, mean_
 from dppo.divergence import check_finite
 from dppo.logging import MetricLogger
 from dppo.precision import autocast, check_precision
-from dppo.runtime import prepare_run_dir, set_seed, wandb_config
+from dppo.runtime import env_seed, prepare_run_dir, set_seed, wandb_config
 from dppo.schedulers import RunningRewardScaler, WarmupCosineLR
 from env.settings import EnvSettings
 from env.vector import make_task_vector_env
@@ -116,7 +116,8 @@ class FinetuneAgent(RolloutCollection, Optimization, EvaluationAndLogging, Check
         self.venv = make_task_vector_env(
             cfg.env, n_envs=self.n_envs, cond_steps=cfg.cond_steps, act_steps=cfg.act_steps,
             normalization_path=cfg.normalization_path, device=self.device, asynchronous=cfg.env.asynchronous,
-            seed=cfg.seed + self.env_offset, video_dir=os.path.join(self.logdir, "videos") if save_video else None,
+            seed=env_seed(cfg.seed, "build") + self.env_offset,
+            video_dir=os.path.join(self.logdir, "videos") if save_video else None,
             n_groups=2 if cfg.env.get("overlap_rollout") and self.n_envs >= 2 else 1,
         )
         self.model = hydra.utils.instantiate(cfg.model)

@@ -9,7 +9,7 @@ import torch
 from agent.eval.episodes import EpisodeTracker, summarize
 from agent.finetune.rollout import Rollout, index_samples, stack_steps
 from dppo.distributed import gather_envs, gather_objects
-from dppo.runtime import torch_threads
+from dppo.runtime import env_seed, torch_threads
 from env.vector import cat_samples, concat_steps
 
 
@@ -23,7 +23,7 @@ class RolloutCollection:
         """
         self.tracker = EpisodeTracker(self.n_envs, self.act_steps)
         self.next_firsts = torch.ones(self.n_envs, dtype=torch.bool, device=self.device)
-        return self.venv.reset(seed=self.cfg.seed + self.itr * self.n_envs_total + self.env_offset)
+        return self.venv.reset(seed=env_seed(self.cfg.seed, "train", self.itr) + self.env_offset)
 
     def collect_rollout(self, obs: dict) -> tuple[Rollout, dict, dict]:
         """n_steps exploring action chunks in every env from `obs` {key: (n_envs, To, ...)}.

@@ -6,9 +6,7 @@ from agent.eval.episodes import summarize
 from agent.eval.rollout import run_episodes
 from agent.finetune.metrics import Timer
 from dppo.distributed import close_distributed
-from dppo.runtime import torch_threads
-
-EVAL_SEED_OFFSET = 1_000_000
+from dppo.runtime import env_seed, torch_threads
 
 
 class EvaluationAndLogging:
@@ -44,7 +42,7 @@ class EvaluationAndLogging:
             episodes = run_episodes(
                 self.venv, self.act,
                 n_episodes=self.cfg.train.n_eval_episodes or self.n_envs, act_steps=self.act_steps,
-                seed=self.cfg.seed + EVAL_SEED_OFFSET + self.itr * self.n_envs,
+                seed=env_seed(self.cfg.seed, "eval", self.itr),
             )
         return summarize(episodes)
 
