@@ -1,7 +1,8 @@
 """The runner of the original DPPO code (script/reference/run_original.py) and what it rests on: the project's
-checkpoint under the original's names (strict), the original's env contract rebuilt on gymnasium, and, when a
-checkout of the original is present (DPPO_ORIGINAL), one short iteration of its agent and equal samples of both codes
-from the same weights and noise."""
+checkpoints (diffusion, Gaussian) under the original's names (strict), the original's env contract rebuilt on
+gymnasium, the Gaussian PPO config written for the original with this project's settings, and, when a checkout of the
+original is present (DPPO_ORIGINAL), one short iteration of its agent and equal samples of both codes from the same
+weights and noise."""
 
 import csv
 import os
@@ -17,10 +18,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_DIR = os.path.join(REPO, "script", "reference")
 sys.path.insert(0, REFERENCE_DIR)
 
-from compare_original import original_rows, probe_difference, project_policy, summary_line  # noqa: E402
+from compare_original import original_rows, probe_difference, project_config, project_policy, summary_line  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from original_env import LowdimNormalization, MultiStep, OldGymApi, SequentialVectorEnv  # noqa: E402
-from original_weights import PROBE_ATOL, original_actor_state  # noqa: E402
+from original_weights import PROBE_ATOL, PROBE_SEED, original_actor_state, original_gaussian_state  # noqa: E402
+from run_original import GAUSSIAN_CONFIG  # noqa: E402
 
+from model.common.gaussian import GaussianMLP, GaussianModel  # noqa: E402
 from model.diffusion.mlp import DiffusionMLP  # noqa: E402
 
 ORIGINAL = os.environ.get("DPPO_ORIGINAL")
@@ -49,6 +53,28 @@ ORIGINAL_SHAPES = {  # the original DiffusionMLP(action_dim 2, horizon 2, cond 3
 }
 
 
+def small_project_gaussian_state(learn_fixed_std: bool = False) -> dict:
+    """A residual project GaussianMLP (obs 3, Ta 2, Da 2, widths 8 x 3: one residual block), as pre-training leaves
+    it: a fixed std, so no log_std (unless `learn_fixed_std`)."""
+    torch.manual_seed(0)
+    return GaussianMLP(2, 2, 3, mlp_dims=[8, 8, 8], activation="ReLU", residual_style=True, fixed_std=0.1,
+                       learn_fixed_std=learn_fixed_std).state_dict()
+
+
+ORIGINAL_GAUSSIAN_SHAPES = {  # the original Gaussian_MLP(action_dim 2, horizon 2, cond 3, [8, 8, 8], residual,
+    # fixed_std, learn_fixed_std) inside GaussianModel.network
+    "network.mlp_mean.layers.0.weight": (8, 3), "network.mlp_mean.layers.0.bias": (8,),
+    "network.mlp_mean.layers.1.l1.weight": (8, 8), "network.mlp_mean.layers.1.l1.bias": (8,),
+    "network.mlp_mean.layers.1.l2.weight": (8, 8), "network.mlp_mean.layers.1.l2.bias": (8,),
+    "network.mlp_mean.layers.2.weight": (4, 8), "network.mlp_mean.layers.2.bias": (4,),
+    "network.logvar": (2,), "network.logvar_min": (), "network.logvar_max": (),
+}
+MAPPINGS = {  # name -> (mapping, a small project state, the original's names and shapes)
+    "diffusion": (original_actor_state, small_project_state, ORIGINAL_SHAPES),
+    "gaussian": (original_gaussian_state, small_project_gaussian_state, ORIGINAL_GAUSSIAN_SHAPES),
+}
+
+
 def test_original_actor_state_renames_every_parameter():
     ours = small_project_state()
     expected = {name: torch.Size(shape) for name, shape in ORIGINAL_SHAPES.items()}
@@ -59,22 +85,79 @@ def test_original_actor_state_renames_every_parameter():
     assert torch.equal(mapped["network.time_embedding.3.weight"], ours["time_embedding.3.weight"])
 
 
+def test_original_gaussian_state_renames_every_parameter_of_the_mean_and_leaves_the_std_to_the_config():
+    ours = small_project_gaussian_state()
+    expected = {name: torch.Size(shape) for name, shape in ORIGINAL_GAUSSIAN_SHAPES.items()}
+    mapped = original_gaussian_state(ours, expected)
+    assert mapped.keys() == expected.keys() - {"network.logvar", "network.logvar_min", "network.logvar_max"}
+    assert torch.equal(mapped["network.mlp_mean.layers.0.weight"], ours["mean_net.input_layer.weight"])
+    assert torch.equal(mapped["network.mlp_mean.layers.1.l1.bias"], ours["mean_net.blocks.0.fc1.bias"])
+    assert torch.equal(mapped["network.mlp_mean.layers.1.l2.weight"], ours["mean_net.blocks.0.fc2.weight"])
+    assert torch.equal(mapped["network.mlp_mean.layers.2.bias"], ours["mean_net.output_layer.bias"])
+
+
+@pytest.mark.parametrize("mapping", sorted(MAPPINGS))
 @pytest.mark.parametrize("change, message", [
     (lambda shapes: shapes.update({"network.mlp_mean.layers.3.weight": torch.Size((4, 8))}), "missing"),
     (lambda shapes: shapes.pop("network.mlp_mean.layers.1.l1.bias"), "unexpected"),
-    (lambda shapes: shapes.update({"network.mlp_mean.layers.0.weight": torch.Size((8, 12))}), "(8, 11) vs (8, 12)"),
+    (lambda shapes: shapes.update({"network.mlp_mean.layers.0.weight": torch.Size((8, 12))}), "vs (8, 12)"),
 ])
-def test_original_actor_state_refuses_names_or_shapes_that_differ(change, message):
-    expected = {name: torch.Size(shape) for name, shape in ORIGINAL_SHAPES.items()}
+def test_mapping_refuses_names_or_shapes_that_differ(mapping, change, message):
+    map_state, project_state, original_shapes = MAPPINGS[mapping]
+    expected = {name: torch.Size(shape) for name, shape in original_shapes.items()}
     change(expected)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        original_actor_state(small_project_state(), expected)
+        map_state(project_state(), expected)
 
 
 def test_original_actor_state_refuses_a_parameter_without_counterpart():
     ours = {**small_project_state(), "cond_mlp.layers.0.weight": torch.zeros(2, 3)}
     with pytest.raises(ValueError, match="cond_mlp.layers.0.weight"):
         original_actor_state(ours, {name: torch.Size(shape) for name, shape in ORIGINAL_SHAPES.items()})
+
+
+def test_original_gaussian_state_refuses_a_learned_log_std():
+    """The project's log_std is one per chunk step (Ta, Da), the original's logvar one per action dim (Da,)."""
+    with pytest.raises(ValueError, match="log_std"):
+        original_gaussian_state(small_project_gaussian_state(learn_fixed_std=True),
+                                {name: torch.Size(shape) for name, shape in ORIGINAL_GAUSSIAN_SHAPES.items()})
+
+
+# ---- the original's Gaussian PPO config, written with this project's settings --------------------------------------
+GAUSSIAN_SETTINGS = {  # original_ft_ppo_gaussian_mlp.yaml's key -> the composed ft_ppo_gaussian_mlp's
+    **{key: key for key in ("cond_steps", "horizon_steps", "act_steps", "train.n_critic_warmup_itr", "train.gamma",
+                            "train.actor_lr", "train.actor_weight_decay", "train.critic_lr", "train.critic_weight_decay",
+                            "train.max_grad_norm", "train.save_model_freq", "train.reward_scale_running",
+                            "train.reward_scale_const", "train.gae_lambda", "train.batch_size", "train.update_epochs",
+                            "train.vf_coef", "train.target_kl", "train.ent_coef", "train.use_bc_loss")},
+    **{f"train.{role}_lr_scheduler.{key}": f"train.{role}_lr_scheduler.{key}"
+       for role in ("actor", "critic") for key in ("first_cycle_steps", "warmup_steps", "min_lr")},
+    "env.reset_at_iteration": "train.reset_at_iteration",
+    "model.clip_ploss_coef": "train.clip_ploss_coef", "model.clip_vloss_coef": "train.clip_vloss_coef",
+    "model.norm_adv": "train.norm_adv", "model.randn_clip_value": "model.randn_clip_value",
+    **{f"model.actor.{key}": f"model.network.{key}"
+       for key in ("mlp_dims", "residual_style", "tanh_output", "fixed_std", "learn_fixed_std", "std_min", "std_max")},
+    "model.actor.activation_type": "model.network.activation",
+    "model.critic.mlp_dims": "critic.mlp_dims", "model.critic.activation_type": "critic.activation",
+    "model.critic.residual_style": "critic.residual_style",
+}
+ABSENT = "<absent>"  # a key one config lacks
+ORIGINAL_FIXED = {  # project settings the original has no key for, at the value its code fixes (or never applies)
+    "model.logprob_min": -5.0, "model.logprob_max": 2.0,  # model/rl/gaussian_ppo.py: clamp(min=-5, max=2)
+    "model.final_action_clip_value": None, "train.reward_offset": 0,
+    "train.clip_advantage_lower_quantile": 0.0, "train.clip_advantage_upper_quantile": 1.0,
+    "train.grad_chunk_size": None,
+}
+
+
+def test_original_gaussian_config_has_the_projects_settings():
+    ours = project_config("gaussian", "hopper")
+    theirs = OmegaConf.load(GAUSSIAN_CONFIG)
+    pairs = {original: (OmegaConf.select(theirs, original, default=ABSENT), OmegaConf.select(ours, project, default=ABSENT))
+             for original, project in GAUSSIAN_SETTINGS.items()}
+    assert {key: pair for key, pair in pairs.items() if pair[0] != pair[1] or ABSENT in pair} == {}
+    assert {key: OmegaConf.select(ours, key) for key in ORIGINAL_FIXED} == ORIGINAL_FIXED
+    assert OmegaConf.select(ours, "model._target_") == "model.common.gaussian.GaussianModel"
 
 
 # ---- the original's env contract --------------------------------------------------------------------------------
@@ -169,23 +252,53 @@ def run_original(out, *args: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def output_biases(policy) -> list[torch.Tensor]:
+    """The bias of the layer that outputs the action: a Gaussian policy's mean, both copies of a denoiser."""
+    if isinstance(policy, GaussianModel):
+        return [policy.network.mean_net.output_layer.bias]
+    return [network.mlp.output_layer.bias for network in (policy.network, policy.actor_ft)]
+
+
 @needs_original
-@pytest.mark.parametrize("algorithm", ["ppo", "rwr", "awr", "dql", "idql"])
+@pytest.mark.parametrize("algorithm", ["ppo", "rwr", "awr", "dql", "idql", "gaussian"])
 def test_original_samples_like_the_project_from_the_mapped_checkpoint(tmp_path, algorithm):
     run_original(tmp_path, "--algorithm", algorithm, "--probe-only")
     probe = torch.load(tmp_path / "probe_samples.pt", weights_only=True)
     policy = project_policy(algorithm, "hopper")
     assert probe_difference(policy, probe) < PROBE_ATOL
-    with torch.no_grad():  # control: one changed bias in both copies of the denoiser is seen
-        for network in (policy.network, policy.actor_ft):
-            network.mlp.output_layer.bias += PERTURBATION
+    with torch.no_grad():  # control: one changed output bias is seen
+        for bias in output_biases(policy):
+            bias += PERTURBATION
     assert probe_difference(policy, probe) > PROBE_ATOL
 
 
 @needs_original
-def test_runner_runs_one_short_training_iteration_between_two_evaluations(tmp_path):
+def test_original_gaussian_explores_with_the_projects_noise_and_std(tmp_path):
+    """The exploring chunks agree too (same noise, same std); a change of the std alone is seen in them only."""
+    run_original(tmp_path, "--algorithm", "gaussian", "--probe-only")
+    probe = torch.load(tmp_path / "probe_samples.pt", weights_only=True)
+    policy = project_policy("gaussian", "hopper")
+
+    def differences() -> dict[str, float]:
+        found = {}
+        for name, deterministic in (("deterministic", True), ("exploring", False)):
+            torch.manual_seed(PROBE_SEED)
+            actions = policy.sample({"state": probe["state"]}, deterministic=deterministic).actions
+            found[name] = (actions - probe[name]).abs().max().item()
+        return found
+
+    assert max(differences().values()) < PROBE_ATOL
+    with torch.no_grad():
+        policy.network.log_std += PERTURBATION
+    changed = differences()
+    assert changed["deterministic"] < PROBE_ATOL < changed["exploring"]
+
+
+@needs_original
+@pytest.mark.parametrize("algorithm", ["ppo", "gaussian"])
+def test_runner_runs_one_short_training_iteration_between_two_evaluations(tmp_path, algorithm):
     n_envs, n_steps, act_steps = 2, 5, 4
-    run_original(tmp_path, "--algorithm", "ppo", "--task", "hopper", "--n-envs", str(n_envs), "--n-steps",
+    run_original(tmp_path, "--algorithm", algorithm, "--task", "hopper", "--n-envs", str(n_envs), "--n-steps",
                  str(n_steps), "--n-train-itr", "1", "--val-freq", "1")
     with open(tmp_path / "metrics.csv") as f:
         logged = list(csv.DictReader(f))

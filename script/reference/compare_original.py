@@ -5,6 +5,10 @@
     python script/reference/compare_original.py report --algorithm ppo --task hopper --runs /work/runs/orig_compare \
         --out docs/orig_compare
 
+Algorithms: ppo, rwr, awr, dql, idql on the diffusion policy (this project's ft_<algorithm>_diffusion_mlp), and
+gaussian, PPO on the Gaussian policy (ft_ppo_gaussian_mlp; the original's side: its TrainPPOGaussianAgent with
+script/reference/original_ft_ppo_gaussian_mlp.yaml, see run_original.py for what it does differently).
+
 `run` trains, for each seed in turn, the original (<runs>/original/<algorithm>_<task>/seed<k>) and then this project
 (<runs>/project/<algorithm>_<task>/seed<k>, `resume=auto`) on the same task, checkpoint, seed and budget (--n-envs x
 --n-steps chunk-steps per training iteration, --n-train-itr training iterations, an evaluation before the first and
@@ -17,7 +21,8 @@ completed (`step`; 0 = before training) in this project's metric names; over the
 <out>/<algorithm>_<task>.png (each metric against training iterations, mean and min-max over seeds per side) and the
 table <out>/<algorithm>_<task>.md (evaluation before training, final and best, per-iteration wall times). It first
 checks that this project's policy and the original's loaded checkpoint give the same deterministic and exploring samples
-on the same observations and noise (probe_samples.pt of each original run).
+on the same observations and noise (probe_samples.pt of each original run; for gaussian the deterministic sample is
+the mean, which the original's evaluation perturbs by 1e-4-scale noise).
 
 Counted differently by the two codes (the table repeats it): the original's agents count the return of the episodes
 that start and end within one iteration (an evaluation: several per env when they fall), this project every episode
@@ -43,14 +48,17 @@ sys.path.insert(0, os.path.join(REPO, "script"))
 
 from original_weights import PROBE_ATOL, PROBE_SEED  # noqa: E402
 from plot import plot_rows  # noqa: E402
+from run_original import original_config_path  # noqa: E402
 
 from dppo.sweep import read_metrics  # noqa: E402
 
 SIDES = ("original", "project")
 RETURN_KEYS = ["train/episode_return", "eval/episode_return"]
+PPO_KEYS = ["train/loss", "train/pg_loss", "train/value_loss", "train/approx_kl", "train/clipfrac",
+            "train/explained_variance"]
 ALGORITHM_KEYS = {  # each algorithm's own losses, in this project's names
-    "ppo": ["train/loss", "train/pg_loss", "train/value_loss", "train/approx_kl", "train/clipfrac",
-            "train/explained_variance"],
+    "ppo": PPO_KEYS,
+    "gaussian": PPO_KEYS,
     "rwr": ["train/loss"],
     "awr": ["train/actor_loss", "train/critic_loss"],
     "dql": ["train/actor_loss", "train/critic_loss"],
@@ -65,8 +73,14 @@ ORIGINAL_NAMES = {  # what the original logs -> this project's name for it (its 
     "loss - critic": "train/critic_loss",
 }
 PROJECT_SUMS = {"idql": {"train/critic_loss": ("train/q_loss", "train/v_loss")}}  # the original logs their sum
+PROJECT_CONFIGS = {"gaussian": "ft_ppo_gaussian_mlp"}  # the others: ft_<algorithm>_diffusion_mlp
 TIME_KEYS = {"train": "train/iteration_time", "eval": "eval/eval_time"}
 RECORDED_EPISODES = {"train": "ended", "eval": "first"}  # run_original.py's returns counted as this project counts
+
+
+def project_config_name(algorithm: str) -> str:
+    """This project's fine-tuning config of an algorithm of the comparison."""
+    return PROJECT_CONFIGS.get(algorithm, f"ft_{algorithm}_diffusion_mlp")
 
 
 def run_dir(runs: str, side: str, algorithm: str, task: str, seed: int) -> str:
@@ -132,8 +146,7 @@ def write_rows(rows: list[dict], path: str) -> None:
 def original_batch_size(original: str, algorithm: str, task: str) -> int:
     from omegaconf import OmegaConf
 
-    path = os.path.join(original, "cfg", "gym", "finetune", f"{task}-v2", f"ft_{algorithm}_diffusion_mlp.yaml")
-    return OmegaConf.load(path).train.batch_size
+    return OmegaConf.load(original_config_path(original, algorithm, task)).train.batch_size
 
 
 def run_commands(args: argparse.Namespace, seed: int) -> dict[str, list[str]]:
@@ -143,14 +156,14 @@ def run_commands(args: argparse.Namespace, seed: int) -> dict[str, list[str]]:
     original = [sys.executable, os.path.join(REFERENCE_DIR, "run_original.py"), "--original", args.original,
                 "--algorithm", args.algorithm, "--task", args.task, "--seed", str(seed), "--threads", str(args.threads),
                 "--out", run_dir(args.runs, "original", args.algorithm, args.task, seed), *budget]
-    project = [sys.executable, os.path.join(REPO, "script", "run.py"), f"--config-name=ft_{args.algorithm}_diffusion_mlp",
+    project = [sys.executable, os.path.join(REPO, "script", "run.py"), f"--config-name={project_config_name(args.algorithm)}",
                f"task={args.task}", f"seed={seed}", f"env.n_envs={args.n_envs}", f"train.n_steps={args.n_steps}",
                f"train.n_train_itr={args.n_train_itr}", f"train.eval_interval={args.val_freq}", f"threads={args.threads}",
                "env.asynchronous=false", "precision=fp32", "device=cpu", "wandb=null", "resume=auto",
                f"logdir={run_dir(args.runs, 'project', args.algorithm, args.task, seed)}"]
-    if args.algorithm == "ppo":  # the original's minibatch is the whole rollout when that is smaller; ours refuses
+    if args.algorithm in ("ppo", "gaussian"):  # the original's minibatch is the whole rollout when that is smaller
         samples = args.n_envs * args.n_steps
-        project.append(f"train.batch_size={min(original_batch_size(args.original, 'ppo', args.task), samples)}")
+        project.append(f"train.batch_size={min(original_batch_size(args.original, args.algorithm, args.task), samples)}")
     return {"original": original, "project": project}
 
 
@@ -171,22 +184,29 @@ def run(args: argparse.Namespace) -> None:
 
 
 # ---- report ---------------------------------------------------------------------------------------------------
-def project_policy(algorithm: str, task: str):
-    """This project's policy as its fine-tuning config `ft_<algorithm>_diffusion_mlp` builds it for `task`."""
-    import hydra
+def project_config(algorithm: str, task: str):
+    """This project's fine-tuning config of `algorithm` (project_config_name) composed for `task` on the CPU."""
     from hydra import compose, initialize_config_dir
 
     from dppo.config import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=os.path.join(REPO, "cfg"), version_base=None):
-        cfg = compose(config_name=f"ft_{algorithm}_diffusion_mlp", overrides=[f"task={task}", "device=cpu"])
-    return hydra.utils.instantiate(cfg.model)
+        return compose(config_name=project_config_name(algorithm), overrides=[f"task={task}", "device=cpu"])
+
+
+def project_policy(algorithm: str, task: str):
+    """This project's policy as its fine-tuning config builds it for `task`."""
+    import hydra
+
+    return hydra.utils.instantiate(project_config(algorithm, task).model)
 
 
 def probe_difference(policy, probe: dict) -> float:
     """Largest |difference| between the original's probe samples (probe_samples.pt: deterministic and exploring)
-    and `policy`'s on the same observations and noise."""
+    and `policy`'s on the same observations and noise. A Gaussian policy's deterministic chunk is its mean, its
+    exploring one mean + std * clipped noise: both codes draw that noise as one standard normal per chunk element in
+    the same order, so the exploring chunks also agree and check the std."""
     difference = 0.0
     for name, deterministic in (("deterministic", True), ("exploring", False)):
         torch.manual_seed(PROBE_SEED)

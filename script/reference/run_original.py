@@ -4,22 +4,44 @@
     DPPO_ORIGINAL=/tmp/dppo-orig python script/reference/run_original.py --algorithm ppo --task hopper --seed 0 \
         --n-envs 10 --n-steps 250 --n-train-itr 20 --val-freq 5 --out /work/runs/orig_compare/original/ppo/seed0
 
+Algorithms: the diffusion policy's ppo, rwr, awr, dql, idql, and gaussian (Gaussian PPO: the original's
+TrainPPOGaussianAgent with PPO_Gaussian, a Gaussian_MLP actor and a CriticObs critic).
+
 The original's agent and model code run unchanged, imported from the checkout (`--original` or DPPO_ORIGINAL) with
 this project's root removed from sys.path. Replaced around them:
 - `env.gym_utils` by script/reference/original_env.py: this project's gymnasium task (Hopper-v5, ...) with the
   original's normalization, chunking, time-limit and reset contract;
 - `wandb` by a recorder: what the agent logs (returns, losses, approx_kl, ...) goes to <out>/metrics.csv, one row per
   iteration with its wall time (`wall_time`, seconds), nothing to wandb;
-- the checkpoint by this project's data/gym/<task>-medium-v5/pretrained/diffusion_mlp.pt under the original's parameter
-  names (original_weights.py; names and shapes must match exactly), written to <out>/original_checkpoint.pt; the agent's
-  loaded actor is checked against it, and <out>/probe_samples.pt holds its deterministic and exploring samples on
-  fixed observations and noise, which script/reference/compare_original.py checks against this project's policy.
+- for gaussian, the name ResidualMLP in model/common/mlp_gaussian.py, which the original cannot call as its
+  Gaussian_MLP does (it passes dropout=, which its ResidualMLP does not take), by a subclass that takes dropout=0;
+- the checkpoint by this project's data/gym/<task>-medium-v5/pretrained/diffusion_mlp.pt (gaussian: gaussian_mlp.pt)
+  under the original's parameter names (original_weights.py; names and shapes must match exactly), written to
+  <out>/original_checkpoint.pt; the agent's loaded actor is checked against it, and <out>/probe_samples.pt holds its
+  deterministic and exploring samples on fixed observations and noise, which script/reference/compare_original.py
+  checks against this project's policy.
 
 Its config, cfg/gym/finetune/<task>-v2/ft_<algorithm>_diffusion_mlp.yaml, is used as it is but for the env (the
-gymnasium id and this project's normalization.npz), paths, device (cpu), seed and budget. The original evaluates
-*instead of* training in every val_freq-th iteration, so --n-train-itr training iterations with an evaluation before
-the first and after every --val-freq of them take n_train_itr + n_train_itr // val_freq + 1 of its iterations at its
+gymnasium id and this project's normalization.npz), paths, device (cpu), seed and budget. The original has no Gym
+fine-tuning config for Gaussian PPO: for gaussian it is script/reference/original_ft_ppo_gaussian_mlp.yaml, this
+project's ft_ppo_gaussian_mlp settings written for the original's agent, with the task's sizes (obs_dim, action_dim,
+max_episode_steps) from this project's cfg/task/<task>.yaml and the same changes. The original evaluates *instead of*
+training in every val_freq-th iteration, so --n-train-itr training iterations with an evaluation before the first and
+after every --val-freq of them take n_train_itr + n_train_itr // val_freq + 1 of its iterations at its
 val_freq = --val-freq + 1. The run restarts from scratch when started again (the original has no resume).
+
+Gaussian PPO: what the original's agent does that this project's does not (both run with the settings above):
+- its evaluation is not the mean: a deterministic forward draws mean + 1e-4 * N(0, 1), clipped at randn_clip_value
+  * 1e-4 (model/common/gaussian.py:81-82, 103-107); this project evaluates the mean. probe_samples.pt therefore holds
+  the mean of that distribution (its `loc`) as the deterministic chunk;
+- its learned std is one logvar (Da,) shared by the chunk's Ta steps (model/common/mlp_gaussian.py:233-240, 267-271),
+  this project's a log_std (Ta, Da), one per chunk step: they start equal (fixed_std) and part after the first update.
+  Its parameter is the log-variance, twice the log-std, so Adam's steps of about the learning rate per parameter move
+  its log-std half as far as this project's;
+- both clamp the std ([std_min, std_max]; the original on the logvar, the same bounds squared), the sample to the
+  mean +- randn_clip_value stds (the original after sampling, this project the noise before: the same values), and
+  the log-probability (mean over the chunk's Ta x Da elements) to [-5, 2] (model/rl/gaussian_ppo.py:62-63, this
+  project's logprob_min, logprob_max); neither clips the final action nor applies tanh after sampling.
 """
 
 import argparse
@@ -33,8 +55,10 @@ import types
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ALGORITHMS = ("ppo", "rwr", "awr", "dql", "idql")
+REFERENCE_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(REFERENCE_DIR))
+ALGORITHMS = ("ppo", "rwr", "awr", "dql", "idql", "gaussian")  # gaussian: Gaussian PPO, the others on diffusion
+GAUSSIAN_CONFIG = os.path.join(REFERENCE_DIR, "original_ft_ppo_gaussian_mlp.yaml")
 TASKS = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5"}  # task -> gymnasium id
 CHECKOUT_FILE = "agent/finetune/train_ppo_diffusion_agent.py"  # present in any checkout of the original
 
@@ -116,14 +140,50 @@ def import_original(checkout: str, recorder: types.ModuleType) -> None:
             raise RuntimeError(f"{module} came from {loaded}, not from the checkout {checkout}.")
 
 
+def let_gaussian_mlp_build_a_residual_mean() -> None:
+    """The original's Gaussian_MLP with a fixed std passes `dropout` to the class of its mean network, which its
+    ResidualMLP does not take (model/common/mlp_gaussian.py:225-232, model/common/mlp.py:92-99): with
+    residual_style=True it cannot be built. Bind the name ResidualMLP in its module to a subclass that takes
+    dropout=0 (Gaussian_MLP's default, which no config changes) and refuses any other value."""
+    import model.common.mlp_gaussian as mlp_gaussian
+
+    from model.common.mlp import ResidualMLP
+
+    class ResidualMLPTakingNoDropout(ResidualMLP):
+        def __init__(self, *args, dropout: float = 0, **kwargs):
+            if dropout != 0:
+                raise ValueError(f"dropout={dropout}: the original's ResidualMLP has no dropout; set model.actor.dropout=0.")
+            super().__init__(*args, **kwargs)
+
+    mlp_gaussian.ResidualMLP = ResidualMLPTakingNoDropout
+
+
+def original_config_path(original: str, algorithm: str, task: str) -> str:
+    """The config file of the original's run: its own Gym fine-tuning config, for gaussian (it has none) ours."""
+    if algorithm == "gaussian":
+        return GAUSSIAN_CONFIG
+    return os.path.join(original, "cfg", "gym", "finetune", f"{task}-v2", f"ft_{algorithm}_diffusion_mlp.yaml")
+
+
+def project_task_sizes(task: str) -> dict:
+    """The sizes the original's own configs write in, from this project's cfg/task/<task>.yaml, in the original's
+    keys: env_name, obs_dim, action_dim and env.max_episode_steps."""
+    from omegaconf import OmegaConf
+
+    task_cfg = OmegaConf.load(os.path.join(REPO, "cfg", "task", f"{task}.yaml"))
+    return {"env_name": task, "obs_dim": task_cfg.obs_dim, "action_dim": task_cfg.action_dim,
+            "env": {"max_episode_steps": task_cfg.max_episode_steps}}
+
+
 def original_config(args: argparse.Namespace, checkpoint: str):
-    """The original's config for the task and algorithm, with only env, paths, device, seed and budget changed."""
+    """The original's config for the task and algorithm, with only env, paths, device, seed and budget changed (and,
+    for gaussian, the task's sizes set)."""
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("eval", eval, replace=True)  # as the original's script/run.py does
-    path = os.path.join(args.original, "cfg", "gym", "finetune", f"{args.task}-v2",
-                        f"ft_{args.algorithm}_diffusion_mlp.yaml")
-    cfg = OmegaConf.load(path)
+    cfg = OmegaConf.load(original_config_path(args.original, args.algorithm, args.task))
+    if args.algorithm == "gaussian":
+        cfg = OmegaConf.merge(cfg, project_task_sizes(args.task))
     dataset_dir = os.path.join(REPO, "data", "gym", f"{args.task}-medium-v5")
     overrides = {
         "seed": args.seed, "device": "cpu", "logdir": args.out, "base_policy_path": checkpoint,
@@ -138,21 +198,27 @@ def original_config(args: argparse.Namespace, checkpoint: str):
     return cfg
 
 
-def write_original_checkpoint(cfg, project_checkpoint: str, path: str) -> dict:
-    """The project's denoiser under the original's names, checked against the original actor the config builds."""
+def write_original_checkpoint(cfg, algorithm: str, project_checkpoint: str, path: str) -> dict:
+    """The project's policy network under the original's names, checked against the original actor the config
+    builds, saved where the original's model loads it from: checkpoint["model"] (GaussianModel), else ["ema"]."""
     import hydra
-    from original_weights import original_actor_state, project_network_state
+    from original_weights import original_actor_state, original_gaussian_state, project_network_state
 
     actor = hydra.utils.instantiate(cfg.model.actor if "actor" in cfg.model else cfg.model.network)  # DRWR: network
     expected = {f"network.{name}": value.shape for name, value in actor.state_dict().items()}
-    state = original_actor_state(project_network_state(project_checkpoint), expected)
-    torch.save({"ema": state}, path)
+    project_state = project_network_state(project_checkpoint)
+    if algorithm == "gaussian":
+        state = original_gaussian_state(project_state, expected)
+        torch.save({"model": state}, path)
+    else:
+        state = original_actor_state(project_state, expected)
+        torch.save({"ema": state}, path)
     return state
 
 
 def check_loaded_actor(model, state: dict) -> None:
-    """The original loads with strict=False: every mapped tensor must be in its denoiser (`network`) and, for PPO,
-    in the fine-tuned copy (`actor_ft`)."""
+    """The original loads with strict=False: every mapped tensor must be in its policy network (`network`) and, for
+    PPO, in the fine-tuned copy (`actor_ft`)."""
     loaded = model.state_dict()
     prefixes = ["network."] + (["actor_ft."] if hasattr(model, "actor_ft") else [])
     for prefix in prefixes:
@@ -161,11 +227,17 @@ def check_loaded_actor(model, state: dict) -> None:
                 raise RuntimeError(f"The original's model did not load {name} into {prefix}* from the mapped checkpoint.")
 
 
-def denoised_chunks(model, cond: dict, deterministic: bool) -> torch.Tensor:
-    """The original model's action chunks (B, Ta, Da) from its denoising chain alone."""
+def action_chunks(model, cond: dict, deterministic: bool) -> torch.Tensor:
+    """The original model's action chunks (B, Ta, Da) from its policy alone: a diffusion model's denoising chain, a
+    Gaussian model's sample or, deterministic, its mean (its deterministic forward draws mean + 1e-4-scale noise)."""
     from model.diffusion.diffusion_idql import IDQLDiffusion
     from model.diffusion.diffusion_rwr import RWRDiffusion
 
+    from model.common.gaussian import GaussianModel
+
+    if isinstance(model, GaussianModel) and deterministic:
+        mean = model.forward_train(cond, deterministic=True).loc  # (B, Ta * Da)
+        return mean.view(len(mean), model.horizon_steps, -1)
     if isinstance(model, IDQLDiffusion):  # its forward picks among candidates by Q; they come from RWRDiffusion's
         return RWRDiffusion.forward(model, cond, deterministic=deterministic)
     chunks = model(cond=cond, deterministic=deterministic)
@@ -182,7 +254,7 @@ def probe_samples(model, obs_dim: int, cond_steps: int) -> dict:
     with torch.random.fork_rng(), torch.no_grad():
         for name, deterministic in (("deterministic", True), ("exploring", False)):
             torch.manual_seed(PROBE_SEED)
-            samples[name] = denoised_chunks(model, cond, deterministic)
+            samples[name] = action_chunks(model, cond, deterministic)
     return samples
 
 
@@ -218,12 +290,15 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
     recorder = MetricsRecorder(os.path.join(args.out, "metrics.csv"))
     import_original(args.original, recorder)
+    if args.algorithm == "gaussian":
+        let_gaussian_mlp_build_a_residual_mean()
     import hydra
 
     checkpoint = os.path.join(args.out, "original_checkpoint.pt")
     cfg = original_config(args, checkpoint)
-    project_checkpoint = os.path.join(REPO, "data", "gym", f"{args.task}-medium-v5", "pretrained", "diffusion_mlp.pt")
-    state = write_original_checkpoint(cfg, project_checkpoint, checkpoint)
+    policy_file = "gaussian_mlp.pt" if args.algorithm == "gaussian" else "diffusion_mlp.pt"
+    project_checkpoint = os.path.join(REPO, "data", "gym", f"{args.task}-medium-v5", "pretrained", policy_file)
+    state = write_original_checkpoint(cfg, args.algorithm, project_checkpoint, checkpoint)
     if args.probe_only:
         model = hydra.utils.instantiate(cfg.model)
     else:
