@@ -14,8 +14,8 @@ Reference names -> ours:
   CriticObsAct  Q1, Q2                           -> q1, q2; always plain MLPs: the reference's keyword is spelled
                                                     `residual_tyle`, so the configs' residual_style=True is dropped
   Gaussian_MLP  mlp_mean (+ tanh)                -> mean_net (out_activation Tanh)
-  (fixed_std,   logvar (Da,) clamped to          -> log_std (Ta, Da) = logvar / 2 on every chunk step, std clamped
-  learn_fixed_std)  [logvar_min, logvar_max]        to [std_min, std_max] (the same bounds on the std)
+  (fixed_std,   logvar (Da,) clamped to          -> logvar (Da,), clamped to [2 log std_min, 2 log std_max]
+  learn_fixed_std)  [logvar_min, logvar_max]        (the same bounds)
 """
 
 import math
@@ -115,15 +115,15 @@ def load_gaussian_mlp(module: GaussianMLP, state: dict) -> None:
     if "mlp_base.moduleList.0.linear_1.weight" in state or "mlp_base.layers.0.weight" in state:
         raise ValueError("The reference Gaussian_MLP has a state-dependent log-variance head (fixed_std=None), "
                          "which the project's GaussianMLP lacks.")
-    if "logvar" not in state or not hasattr(module, "log_std"):
-        raise ValueError("Only a learned per-dimension std (reference learn_fixed_std=True) maps onto log_std.")
+    if "logvar" not in state or not hasattr(module, "logvar"):
+        raise ValueError("Only a learned per-dimension std (reference learn_fixed_std=True) maps onto logvar.")
     for bound, ours in (("logvar_min", module.std_min), ("logvar_max", module.std_max)):
         theirs = math.exp(0.5 * state[bound].item())
         if not math.isclose(theirs, ours, rel_tol=STD_BOUND_RTOL):
             raise ValueError(f"Reference {bound} gives std {theirs}, the project module uses {ours}.")
     renamed = {f"mean_net.{key}": value
                for key, value in mlp_state(sub_state(state, "mlp_mean"), module.mean_net).items()}
-    renamed["log_std"] = (0.5 * state["logvar"]).expand(module.horizon_steps, module.action_dim).clone()
+    renamed["logvar"] = state["logvar"]
     module.load_state_dict(renamed)
 
 

@@ -55,7 +55,7 @@ ORIGINAL_SHAPES = {  # the original DiffusionMLP(action_dim 2, horizon 2, cond 3
 
 def small_project_gaussian_state(learn_fixed_std: bool = False) -> dict:
     """A residual project GaussianMLP (obs 3, Ta 2, Da 2, widths 8 x 3: one residual block), as pre-training leaves
-    it: a fixed std, so no log_std (unless `learn_fixed_std`)."""
+    it: a fixed std, so no logvar (unless `learn_fixed_std`)."""
     torch.manual_seed(0)
     return GaussianMLP(2, 2, 3, mlp_dims=[8, 8, 8], activation="ReLU", residual_style=True, fixed_std=0.1,
                        learn_fixed_std=learn_fixed_std).state_dict()
@@ -116,11 +116,12 @@ def test_original_actor_state_refuses_a_parameter_without_counterpart():
         original_actor_state(ours, {name: torch.Size(shape) for name, shape in ORIGINAL_SHAPES.items()})
 
 
-def test_original_gaussian_state_refuses_a_learned_log_std():
-    """The project's log_std is one per chunk step (Ta, Da), the original's logvar one per action dim (Da,)."""
-    with pytest.raises(ValueError, match="log_std"):
-        original_gaussian_state(small_project_gaussian_state(learn_fixed_std=True),
-                                {name: torch.Size(shape) for name, shape in ORIGINAL_GAUSSIAN_SHAPES.items()})
+def test_original_gaussian_state_maps_a_learned_logvar_onto_the_originals():
+    """A learned std is one log-variance per action dim (Da,) in both codes: the project's logvar is the original's."""
+    state = small_project_gaussian_state(learn_fixed_std=True)
+    renamed = original_gaussian_state(state, {name: torch.Size(shape) for name, shape in ORIGINAL_GAUSSIAN_SHAPES.items()})
+    assert torch.equal(renamed["network.logvar"], state["logvar"])
+    assert "network.logvar_min" not in renamed
 
 
 # ---- the original's Gaussian PPO config, written with this project's settings --------------------------------------
@@ -289,7 +290,7 @@ def test_original_gaussian_explores_with_the_projects_noise_and_std(tmp_path):
 
     assert max(differences().values()) < PROBE_ATOL
     with torch.no_grad():
-        policy.network.log_std += PERTURBATION
+        policy.network.logvar += PERTURBATION
     changed = differences()
     assert changed["deterministic"] < PROBE_ATOL < changed["exploring"]
 

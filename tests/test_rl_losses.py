@@ -58,12 +58,28 @@ def test_clipped_policy_loss_value_loss_and_ratio_metrics_by_hand():
     assert normalized.tolist() == pytest.approx([-1.0, 0.0, 1.0], abs=1e-6)
 
 
+def test_gaussian_learned_std_is_one_log_variance_per_action_dim_as_the_references():
+    """The reference's Gaussian_MLP learns logvar (Da,), shared by the chunk's Ta steps. Adam's first step moves a
+    parameter by its learning rate, so raising the std moves every chunk step's log-std by lr / 2 (a log-std per
+    chunk step, as this project had before, moved by lr)."""
+    network = GaussianMLP(action_dim=DA, horizon_steps=TA, cond_dim=DO, mlp_dims=[16, 16, 16], fixed_std=0.1,
+                          learn_fixed_std=True, std_min=0.01, std_max=0.2)
+    assert [name for name, _ in network.named_parameters() if not name.startswith("mean_net.")] == ["logvar"]
+    cond, lr = cond_of(4), 1e-2
+    optimizer = torch.optim.Adam([network.logvar], lr=lr)
+    _, std = network(cond)
+    (-std.sum()).backward()
+    optimizer.step()
+    _, new_std = network(cond)
+    torch.testing.assert_close((new_std / std).log(), torch.full((4, TA, DA), lr / 2), atol=1e-6, rtol=0)
+
+
 def test_gaussian_ppo_log_probs_and_loss_against_torch_distributions():
     torch.manual_seed(0)
     network = GaussianMLP(action_dim=DA, horizon_steps=TA, cond_dim=DO, mlp_dims=[16, 16, 16], fixed_std=0.1,
                           learn_fixed_std=True, std_min=0.01, std_max=0.2)
     model = GaussianModel(network=network, horizon_steps=TA, obs_dim=DO, action_dim=DA, final_action_clip_value=None)
-    assert torch.allclose(network.log_std.exp(), torch.full((TA, DA), 0.1)), "the learned std starts at BC's 0.1"
+    assert torch.allclose((0.5 * network.logvar).exp(), torch.full((DA,), 0.1)), "the learned std starts at BC's 0.1"
     cond = cond_of(4)
     actions, stored = model.explore(cond)
     assert torch.equal(stored["actions"], actions)

@@ -15,10 +15,11 @@ INITIAL_LOG_STD = -1.0
 
 
 class GaussianMLP(nn.Module):
-    """Mean of the whole chunk from the flattened observations, and a std (fixed or learned per dim).
+    """Mean of the whole chunk from the flattened observations, and a std (fixed or learned per action dim).
 
     std: `fixed_std` when given, learned from `fixed_std` when `learn_fixed_std` (fine-tuning),
-    else learned from exp(-1); a learned std is clamped to [std_min, std_max].
+    else learned from exp(-1). A learned std is the reference's: one log-variance per action dimension, `logvar`
+    (Da,), shared by the chunk's Ta steps and clamped to [2 log std_min, 2 log std_max]; std = exp(logvar / 2).
 
     The mean reads the flattened obs history (cond_dim = To*Do), or the features of `obs_encoder` when given.
 
@@ -42,14 +43,15 @@ class GaussianMLP(nn.Module):
         self.fixed_std = None if learn_fixed_std else fixed_std
         if self.fixed_std is None:
             initial_log_std = math.log(fixed_std) if learn_fixed_std else INITIAL_LOG_STD
-            self.log_std = nn.Parameter(torch.full((horizon_steps, action_dim), initial_log_std))
+            self.logvar = nn.Parameter(torch.full((action_dim,), 2 * initial_log_std))
 
     def forward(self, cond: dict) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.mean_net(self.obs_encoder(cond)).view(-1, self.horizon_steps, self.action_dim)
         if self.fixed_std is not None:
             std = torch.full_like(mean, self.fixed_std)
         else:
-            std = self.log_std.exp().clamp(self.std_min, self.std_max).expand_as(mean)
+            logvar = self.logvar.clamp(2 * math.log(self.std_min), 2 * math.log(self.std_max))
+            std = (0.5 * logvar).exp().expand_as(mean)
         return mean, std
 
 
@@ -73,7 +75,7 @@ class GaussianModel(FinetunePolicy):
 
     @staticmethod
     def load_pretrained(network: nn.Module, path: str) -> None:
-        """A BC policy trained with a fixed std has no log_std: a learned one keeps its initial value."""
+        """A BC policy trained with a fixed std has no logvar: a learned one keeps its initial value."""
         load_state_dict_checked(network, {**network.state_dict(), **pretrained_network_state(path)}, what=path)
 
     @property

@@ -13,10 +13,10 @@ Diffusion (model/diffusion/mlp_diffusion.py DiffusionMLP inside DiffusionModel.n
 Gaussian (model/common/mlp_gaussian.py Gaussian_MLP inside GaussianModel.network; checkpoint {"model": ...}):
   mean_net.*                    -> network.mlp_mean.* (the project's Tanh output activation has no parameters; the
                                    original applies tanh to the mean in Gaussian_MLP.forward)
-  The std is not in the project's BC checkpoint (trained with a fixed std): in both codes it starts from the
+  logvar                        -> network.logvar (a learned std: one log-variance per action dim in both codes)
+  The std is not in the project's BC checkpoint (trained with a fixed std): in both codes it then starts from the
   config's fixed_std and is bounded by its std_min, std_max. The original's logvar, logvar_min and logvar_max
-  (ORIGINAL_STD_PARAMETERS) are therefore left to its config, and a project log_std is refused: it is (Ta, Da), one
-  per chunk step, the original's logvar (Da,), shared over the chunk.
+  (ORIGINAL_STD_PARAMETERS) are therefore left to its config unless the project's state has a logvar.
 The original loads its checkpoints with strict=False, which would silently keep random weights under a wrong name, so
 `original_actor_state` and `original_gaussian_state` demand the same names and shapes as the original model's own and
 raise otherwise.
@@ -77,9 +77,10 @@ def original_gaussian_name(project_name: str, n_blocks: int) -> str:
     """The original's name of a project GaussianMLP parameter (table in the module docstring)."""
     if project_name.startswith("mean_net."):
         return f"network.mlp_mean.{residual_layer_name(project_name.removeprefix('mean_net.'), n_blocks)}"
-    raise ValueError(f"Project parameter '{project_name}' has no counterpart in the original's Gaussian_MLP: only the "
-                     "mean network of a policy trained with a fixed std maps (a learned log_std is (Ta, Da), the "
-                     "original's logvar (Da,), shared over the chunk).")
+    if project_name == "logvar":
+        return "network.logvar"
+    raise ValueError(f"Project parameter '{project_name}' has no counterpart in the original's Gaussian_MLP: only its "
+                     "residual mean network and a learned logvar map.")
 
 
 def matching_state(renamed: dict[str, torch.Tensor], expected_shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
@@ -108,11 +109,12 @@ def original_gaussian_state(project_state: dict[str, torch.Tensor],
                             expected_shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
     """Project GaussianMLP weights renamed for the original GaussianModel, whose parameter names and shapes are
     `expected_shapes`; raises ValueError unless the names (but the std's, ORIGINAL_STD_PARAMETERS, which its config
-    sets) and every shape match exactly."""
+    sets, and which a project logvar replaces) and every shape match exactly."""
     n_blocks = n_residual_blocks(project_state, "mean_net")
-    loaded_shapes = {name: shape for name, shape in expected_shapes.items() if name not in ORIGINAL_STD_PARAMETERS}
-    return matching_state({original_gaussian_name(name, n_blocks): value for name, value in project_state.items()},
-                          loaded_shapes)
+    renamed = {original_gaussian_name(name, n_blocks): value for name, value in project_state.items()}
+    loaded_shapes = {name: shape for name, shape in expected_shapes.items()
+                     if name not in ORIGINAL_STD_PARAMETERS or name in renamed}
+    return matching_state(renamed, loaded_shapes)
 
 
 def probe_inputs(obs_dim: int, cond_steps: int) -> dict[str, torch.Tensor]:

@@ -30,18 +30,17 @@ training in every val_freq-th iteration, so --n-train-itr training iterations wi
 after every --val-freq of them take n_train_itr + n_train_itr // val_freq + 1 of its iterations at its
 val_freq = --val-freq + 1. The run restarts from scratch when started again (the original has no resume).
 
-Gaussian PPO: what the original's agent does that this project's does not (both run with the settings above):
+Gaussian PPO, the original's agent beside this project's (both run with the settings above):
 - its evaluation is not the mean: a deterministic forward draws mean + 1e-4 * N(0, 1), clipped at randn_clip_value
   * 1e-4 (model/common/gaussian.py:81-82, 103-107); this project evaluates the mean. probe_samples.pt therefore holds
   the mean of that distribution (its `loc`) as the deterministic chunk;
-- its learned std is one logvar (Da,) shared by the chunk's Ta steps (model/common/mlp_gaussian.py:233-240, 267-271),
-  this project's a log_std (Ta, Da), one per chunk step: they start equal (fixed_std) and part after the first update.
-  Its parameter is the log-variance, twice the log-std, so Adam's steps of about the learning rate per parameter move
-  its log-std half as far as this project's;
-- both clamp the std ([std_min, std_max]; the original on the logvar, the same bounds squared), the sample to the
-  mean +- randn_clip_value stds (the original after sampling, this project the noise before: the same values), and
-  the log-probability (mean over the chunk's Ta x Da elements) to [-5, 2] (model/rl/gaussian_ppo.py:62-63, this
-  project's logprob_min, logprob_max); neither clips the final action nor applies tanh after sampling.
+- both learn the std as one log-variance per action dim (Da,), shared by the chunk's Ta steps
+  (model/common/mlp_gaussian.py:233-240, 267-271; this project's GaussianMLP.logvar, which until 2026-12-06 was a
+  log-std per chunk step, (Ta, Da), and so moved twice as far per Adam step);
+- both clamp the std to [std_min, std_max] (on the log-variance), the sample to the mean +- randn_clip_value stds
+  (the original after sampling, this project the noise before: the same values), and the log-probability (mean over
+  the chunk's Ta x Da elements) to [-5, 2] (model/rl/gaussian_ppo.py:62-63, this project's logprob_min,
+  logprob_max); neither clips the final action nor applies tanh after sampling.
 """
 
 import argparse
