@@ -88,6 +88,31 @@ def read_metrics(run_dir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+EVAL_COLUMNS = ("label", "run", "seed", "iteration", "env steps", "wall time (min)", "eval return", "eval return std",
+                "episodes")  # an evaluations CSV (script/summarize.py --evals-csv): one row per evaluation of a run
+
+
+def read_evals_csv(path: str) -> dict[str, tuple[str, list[dict]]]:
+    """The runs of an evaluations CSV: {run: (its label, metrics rows)}, each evaluation one row with the metrics
+    of a run dir's rows (`step`, `eval/episode_return`, `eval/episode_return_std`, and the env steps and wall
+    seconds reached, `train/env_steps`, `train/wall_time`), so that committed CSVs draw as their runs did."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != EVAL_COLUMNS:
+            raise ValueError(f"{path} is not an evaluations CSV of script/summarize.py --evals-csv: its columns are "
+                             f"{reader.fieldnames}, expected {list(EVAL_COLUMNS)}.")
+        runs: dict[str, tuple[str, list[dict]]] = {}
+        for line in reader:
+            row = {"step": int(line["iteration"]), "eval/episode_return": float(line["eval return"])}
+            for column, key, scale in (("eval return std", "eval/episode_return_std", 1.0),
+                                       ("env steps", "train/env_steps", 1.0),
+                                       ("wall time (min)", "train/wall_time", SECONDS_PER_MINUTE)):
+                if line[column]:  # empty where the run logged none
+                    row[key] = float(line[column]) * scale
+            runs.setdefault(line["run"], (line["label"], []))[1].append(row)
+    return runs
+
+
 def saved_config(run_dir: str) -> dict:
     """The resolved config.yaml of a run, or {} when it has none."""
     path = os.path.join(run_dir, "config.yaml")

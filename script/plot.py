@@ -19,6 +19,12 @@ the iteration (`step`); an x-axis no run logs (env steps in pre-training) become
 
 --facet KEY draws those panels once per value of KEY in the runs' config.yaml (e.g. `env_name`: one
 panel per task, as the paper's figures), a label keeping its colour in every facet.
+
+A path may also be an evaluations CSV (`script/summarize.py --evals-csv`, such as those under docs/): each of
+its runs is drawn from its evaluations alone (return against env steps and wall time), labelled as in the CSV
+unless --labels says otherwise; --label-by and --facet need run dirs.
+
+    python script/plot.py docs/dsrl_vs_dppo_hopper_evals.csv RUN_DIRS... --labels ... --x env_steps
 """
 
 import argparse
@@ -36,6 +42,7 @@ from dppo.sweep import (  # noqa: E402
     config_value,
     is_sweep_dir,
     job_labels,
+    read_evals_csv,
     read_metrics,
     saved_config,
     success_key,
@@ -50,11 +57,19 @@ X_LABELS = {"step": "iteration", "env_steps": "environment steps", "wall_time": 
 SPREAD = "min-max"
 
 
+CSV_RUN = "::"  # a run of an evaluations CSV: "<csv path>::<its run column>"
+
+
 def expand_runs(paths: list[str]) -> tuple[list[str], list[str]]:
-    """Run dirs and their labels from run dirs and sweep dirs (a sweep dir gives the run of each of its jobs)."""
+    """Runs and their labels from run dirs, sweep dirs (the run of each of its jobs) and evaluations CSVs (each of
+    their runs, as "<csv path>::<run>", labelled as in the CSV)."""
     runs, labels = [], []
     for path in paths:
-        if is_sweep_dir(path):
+        if path.endswith(".csv"):
+            for run, (label, _) in read_evals_csv(path).items():
+                runs.append(f"{path}{CSV_RUN}{run}")
+                labels.append(label)
+        elif is_sweep_dir(path):
             jobs = sweep_jobs(path)
             runs += [job["run_dir"] for job in jobs]
             labels += job_labels(jobs)
@@ -62,6 +77,14 @@ def expand_runs(paths: list[str]) -> tuple[list[str], list[str]]:
             runs.append(path)
             labels.append(saved_config(path).get("name", os.path.basename(os.path.normpath(path))))
     return runs, labels
+
+
+def run_rows(run: str) -> list[dict]:
+    """The metrics rows of a run from expand_runs: its metrics.jsonl, or its evaluations in an evaluations CSV."""
+    if CSV_RUN in run:
+        path, name = run.split(CSV_RUN, 1)
+        return read_evals_csv(path)[name][1]
+    return read_metrics(run)
 
 
 def env_steps_by_step(rows: list[dict]) -> dict[int, float]:
@@ -104,7 +127,7 @@ def plot_runs(runs: list[str], labels: list[str], keys: list[str] | None = None,
     facets = facets if facets is not None else [""] * len(runs)
     by_facet: dict[str, dict[str, list[list[dict]]]] = {}
     for run, label, facet in zip(runs, labels, facets):
-        by_facet.setdefault(facet, {}).setdefault(label, []).append(read_metrics(run))
+        by_facet.setdefault(facet, {}).setdefault(label, []).append(run_rows(run))
     return plot_rows(by_facet, keys, x)
 
 
@@ -146,7 +169,8 @@ def plot_rows(by_facet: dict[str, dict[str, list[list[dict]]]], keys: list[str] 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", help="run directories (holding metrics.jsonl) and/or sweep directories")
+    parser.add_argument("paths", nargs="+", help="run directories (holding metrics.jsonl), sweep directories and/or "
+                                                 "evaluations CSVs (summarize.py --evals-csv)")
     parser.add_argument("--keys", nargs="+", default=None, help="metrics to plot (default: see above)")
     parser.add_argument("--x", nargs="+", choices=list(X_LABELS), default=DEFAULT_X)
     parser.add_argument("--labels", nargs="+", default=None,
@@ -165,11 +189,14 @@ def main() -> None:
                 raise SystemExit(f"--labels needs one label per run ({len(runs)} after expanding sweeps), "
                                  f"got {len(args.labels)}.")
             labels = args.labels
+        if (args.label_by or args.facet) and any(CSV_RUN in run for run in runs):
+            raise SystemExit("--label-by and --facet read the runs' config.yaml, which an evaluations CSV lacks: "
+                             "label its runs with --labels, or pass run dirs.")
         if args.label_by is not None:
             labels = [config_label(run, args.label_by) for run in runs]
         facets = [str(config_value(run, args.facet)) for run in runs] if args.facet else None
         figure = plot_runs(runs, labels, args.keys, args.x, facets)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         raise SystemExit(str(error))
     single_sweep = len(args.paths) == 1 and is_sweep_dir(args.paths[0])
     out = args.out or os.path.join(args.paths[0] if single_sweep else ".", "curves.png")

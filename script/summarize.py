@@ -41,6 +41,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dppo.sweep import (  # noqa: E402
+    EVAL_COLUMNS,
     config_label,
     is_sweep_dir,
     read_metrics,
@@ -55,10 +56,6 @@ COLUMNS = ("initial eval return", "final eval return", "best eval return", "env 
 SCORE_COLUMN = "final D4RL score"
 SUCCESS_COLUMNS = ("initial eval success", "final eval success", "best eval success")
 TASK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfg", "task")
-EVAL_COLUMNS = ("label", "run", "seed", "iteration", "env steps", "wall time (min)", "eval return", "eval return std",
-                "episodes")
-
-
 def format_cell(values: list[float | None], digits: int = 1) -> str:
     """`mean`, or `mean +- std (v1, v2, ...)` over several runs (sample std, ddof 1), with `digits` decimals; where
     a run has no value (None: a budget figure it never reached) only the runs' values, with "not reached"."""

@@ -154,6 +154,29 @@ def test_evals_csv_lists_every_evaluation_with_the_env_steps_and_minutes_reached
             for r in rows] == [("A", "7", "0", "0.0", "0.0", "20.0"), ("A", "7", "2", "800.0", "4.0", "60.0")]
 
 
+def test_an_evals_csv_draws_the_evaluation_curves_its_run_dirs_drew(tmp_path):
+    """A committed evaluations CSV stands for its runs: the eval-return lines against env steps and wall time, drawn
+    from the CSV, are those drawn from the run dirs it was written from."""
+    runs = [str(tmp_path / name) for name in ("a0", "a1", "b0")]
+    for run, scale, seed in zip(runs, (1.0, 2.0, 3.0), (0, 1, 0)):
+        write_run(run, seed_rows(scale), name="hopper_ft", seed=seed)
+    labels = ["A", "A", "B"]
+    write_evals_csv(runs, labels, str(tmp_path / "evals.csv"))
+    csv_runs, csv_labels = expand_runs([str(tmp_path / "evals.csv")])
+    assert csv_labels == labels
+
+    def eval_lines(figure):
+        return [(ax.get_xlabel(), line.get_label(), list(line.get_xdata()), list(line.get_ydata()))
+                for ax in figure.axes if ax.get_visible() for line in ax.get_lines()]
+
+    from_dirs = eval_lines(plot_runs(runs, labels, keys=["eval/episode_return"]))
+    assert eval_lines(plot_runs(csv_runs, csv_labels, keys=["eval/episode_return"])) == from_dirs
+    assert from_dirs == [("environment steps", "A (n=2)", [0.0, 800.0], [15.0, 45.0]),
+                         ("environment steps", "B (n=1)", [0.0, 800.0], [30.0, 90.0]),
+                         ("wall time (min)", "A (n=2)", [0.0, 3.0], [15.0, 45.0]),
+                         ("wall time (min)", "B (n=1)", [0.0, 6.0], [30.0, 90.0])]
+
+
 def test_facets_draw_each_tasks_runs_in_its_own_panel_with_one_colour_per_label(tmp_path):
     runs, labels, facets = [], [], []
     for task, algorithm, scale in [("hopper", "DPPO", 1.0), ("hopper", "Gaussian", 2.0), ("walker2d", "DPPO", 3.0),
