@@ -11,16 +11,18 @@ A multirun takes Hydra's whole sweep syntax and any launcher (basic, joblib, sub
 submitit_slurm); when it ends, summary.csv / summary.md are written in its sweep dir (dppo/sweep.py).
 """
 
+import difflib
 import os
 import sys
 
 import hydra
+from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
-from hydra.errors import HydraException, InstantiationException
-from omegaconf import DictConfig
+from hydra.errors import ConfigCompositionException, HydraException, InstantiationException
+from omegaconf import DictConfig, OmegaConf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -44,6 +46,7 @@ from dppo.sweep import in_multirun, record_job  # noqa: E402
 
 register_resolvers()
 CONFIG_DIR = os.path.join(REPO, "cfg")
+DEFAULT_CONFIG = "pre_diffusion_mlp"
 
 
 class JobFailed(RuntimeError):
@@ -68,6 +71,38 @@ def check_task_overrides(argv: list[str]) -> None:
                 sys.exit(f"Unknown task '{task}': use one of {', '.join(known)} (configs in cfg/task/).")
 
 
+def setting_keys(node, prefix: str = "") -> list[str]:
+    """Every dotted key of a composed config's nodes and leaves (interpolations left unresolved)."""
+    keys = []
+    for key, value in node.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys += setting_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def composition_error_line(error: ConfigCompositionException, argv: list[str]) -> str:
+    """One line for a command line Hydra cannot compose (its own message spans several). A key the config lacks
+    gets the nearest keys it has: the config is composed again without that override to list them."""
+    key = getattr(error.__cause__, "full_key", None)
+    if not key:  # e.g. a group option that does not exist: Hydra's paragraphs, its search path left out
+        paragraphs = []
+        for paragraph in str(error).split("\n\n"):
+            lines = [line.strip() for line in paragraph.splitlines() if line.strip()]
+            lines = lines[:next((i for i, line in enumerate(lines) if line.startswith("Config search path")), None)]
+            if lines:
+                paragraphs.append(f"{lines[0]} {', '.join(lines[1:])}" if lines[0].endswith(":") else " ".join(lines))
+        return "ConfigError: " + "; ".join(paragraphs)
+    args = get_args_parser().parse_known_args(argv)[0]
+    others = [override for override in args.overrides if override.lstrip("+~").split("=", 1)[0] != key]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(args.config_name or DEFAULT_CONFIG, others)
+    matches = difflib.get_close_matches(key, setting_keys(OmegaConf.to_container(cfg, resolve=False)), n=3, cutoff=0.8)
+    hint = f"did you mean {' or '.join(matches)}? " if matches else ""
+    return (f"ConfigError: {key} is not a setting of this config: {hint}docs/SETTINGS.md lists them "
+            f"(+{key}=... adds a new key).")
+
+
 def overridden_keys() -> frozenset[str]:
     """The config keys this job's command line sets (`key=value`, `+key=value`, `++key=value`)."""
     overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
@@ -81,7 +116,7 @@ def fail(line: str) -> None:
     sys.exit(line)
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="pre_diffusion_mlp")
+@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name=DEFAULT_CONFIG)
 def main(cfg: DictConfig) -> None:
     try:
         n_jobs = HydraConfig.get().launcher.get("n_jobs") if HydraConfig.initialized() else None
@@ -112,4 +147,12 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     check_task_overrides(sys.argv[1:])
-    main()
+    single_run = not {"-m", "--multirun"} & set(sys.argv[1:])
+    if not single_run:
+        main()
+    else:  # Hydra raises its composition errors instead of printing them, so that they get one line
+        os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+        try:
+            main()
+        except ConfigCompositionException as error:
+            sys.exit(composition_error_line(error, sys.argv[1:]))

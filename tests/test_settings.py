@@ -55,6 +55,9 @@ BAD_SETTINGS = [  # (overrides, the one line's start)
     (["env.family=gymnasium"], "ConfigError: env.family=gymnasium is out of range: the task family must be one of"),
     (["+train.target_ema_rate=0.1"], "ConfigError: train.target_ema_rate is now train.tau (one name for one setting)"),
     (["+model.reward_horizon=4"], "ConfigError: model.reward_horizon is now model.act_steps (one name for one setting)"),
+    (["train.n_step=3"], "ConfigError: train.n_step is not a setting of this config: did you mean train.n_steps? "),
+    (["policy=foo"], "ConfigError: In 'ft_ppo_diffusion_mlp': Could not find 'policy/foo'; Available options in "
+                     "'policy': diffusion, flow, gaussian"),
 ]
 
 
