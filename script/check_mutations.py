@@ -118,6 +118,19 @@ MUTATIONS = (
              "| Hopper-v5 | 1246.7 | 1412.1 | 1354.8 |", "| Hopper-v5 | 1246.7 | 1354.8 | 1412.1 |",
              "Hopper's two BC cells swapped",
              ("tests/test_docs.py::test_each_figure_of_the_readme_gym_table_is_its_own_row_and_column_in_results_md",)),
+    Mutation("Runs of different seeds start different episodes (hashed env seeds)", "agent/finetune/collection.py",
+             'seed=env_seed(self.cfg.seed, "train", self.itr) + self.env_offset',
+             "seed=self.cfg.seed + self.itr * self.n_envs_total + self.env_offset", "training resets seeded seed + i",
+             ("tests/test_seeding.py::test_no_two_runs_iterations_or_uses_share_an_env_seed",)),
+    Mutation("Gaussian PPO learns the original's std: one log-variance per action dim", "model/common/gaussian.py",
+             "std = (0.5 * logvar).exp().expand_as(mean)", "std = logvar.exp().expand_as(mean)",
+             "the parameter read as a log-std",
+             ("tests/test_rl_losses.py::test_gaussian_learned_std_is_one_log_variance_per_action_dim_as_the_references",)),
+    Mutation("A misspelt key gets one line with the nearest keys", "script/run.py",
+             "            sys.exit(composition_error_line(error, sys.argv[1:]))", "            raise",
+             "Hydra's own message",
+             ("tests/test_settings.py::test_a_bad_setting_stops_the_run_with_one_line_before_anything_is_built"
+              "[train.n_step=3]",)),
 )
 
 
