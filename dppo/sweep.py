@@ -92,10 +92,14 @@ EVAL_COLUMNS = ("label", "run", "seed", "iteration", "env steps", "wall time (mi
                 "episodes")  # an evaluations CSV (script/summarize.py --evals-csv): one row per evaluation of a run
 
 
+CSV_RUN = "::"  # a run of an evaluations CSV, as script/plot.py and script/summarize.py name it: "<csv path>::<run>"
+
+
 def read_evals_csv(path: str) -> dict[str, tuple[str, list[dict]]]:
     """The runs of an evaluations CSV: {run: (its label, metrics rows)}, each evaluation one row with the metrics
     of a run dir's rows (`step`, `eval/episode_return`, `eval/episode_return_std`, and the env steps and wall
-    seconds reached, `train/env_steps`, `train/wall_time`), so that committed CSVs draw as their runs did."""
+    seconds reached, `train/env_steps`, `train/wall_time`), so that committed CSVs draw and tabulate as their runs
+    did."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != EVAL_COLUMNS:
@@ -111,6 +115,20 @@ def read_evals_csv(path: str) -> dict[str, tuple[str, list[dict]]]:
                     row[key] = float(line[column]) * scale
             runs.setdefault(line["run"], (line["label"], []))[1].append(row)
     return runs
+
+
+def evals_csv_runs(path: str) -> tuple[list[str], list[str]]:
+    """The runs of an evaluations CSV, named "<path>::<run>", and their labels in it."""
+    runs = read_evals_csv(path)
+    return [f"{path}{CSV_RUN}{run}" for run in runs], [label for label, _ in runs.values()]
+
+
+def run_rows(run: str) -> list[dict]:
+    """The metrics rows of a run: its metrics.jsonl, or for "<csv path>::<run>" its evaluations in that CSV."""
+    if CSV_RUN in run:
+        path, name = run.split(CSV_RUN, 1)
+        return read_evals_csv(path)[name][1]
+    return read_metrics(run)
 
 
 def saved_config(run_dir: str) -> dict:

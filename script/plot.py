@@ -37,13 +37,14 @@ from matplotlib.figure import Figure
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dppo.sweep import (  # noqa: E402
+    CSV_RUN,
     X_KEYS,
     config_label,
     config_value,
+    evals_csv_runs,
     is_sweep_dir,
     job_labels,
-    read_evals_csv,
-    read_metrics,
+    run_rows,
     saved_config,
     success_key,
     sweep_jobs,
@@ -57,18 +58,15 @@ X_LABELS = {"step": "iteration", "env_steps": "environment steps", "wall_time": 
 SPREAD = "min-max"
 
 
-CSV_RUN = "::"  # a run of an evaluations CSV: "<csv path>::<its run column>"
-
-
 def expand_runs(paths: list[str]) -> tuple[list[str], list[str]]:
     """Runs and their labels from run dirs, sweep dirs (the run of each of its jobs) and evaluations CSVs (each of
     their runs, as "<csv path>::<run>", labelled as in the CSV)."""
     runs, labels = [], []
     for path in paths:
         if path.endswith(".csv"):
-            for run, (label, _) in read_evals_csv(path).items():
-                runs.append(f"{path}{CSV_RUN}{run}")
-                labels.append(label)
+            csv_runs, csv_labels = evals_csv_runs(path)
+            runs += csv_runs
+            labels += csv_labels
         elif is_sweep_dir(path):
             jobs = sweep_jobs(path)
             runs += [job["run_dir"] for job in jobs]
@@ -77,14 +75,6 @@ def expand_runs(paths: list[str]) -> tuple[list[str], list[str]]:
             runs.append(path)
             labels.append(saved_config(path).get("name", os.path.basename(os.path.normpath(path))))
     return runs, labels
-
-
-def run_rows(run: str) -> list[dict]:
-    """The metrics rows of a run from expand_runs: its metrics.jsonl, or its evaluations in an evaluations CSV."""
-    if CSV_RUN in run:
-        path, name = run.split(CSV_RUN, 1)
-        return read_evals_csv(path)[name][1]
-    return read_metrics(run)
 
 
 def env_steps_by_step(rows: list[dict]) -> dict[int, float]:

@@ -28,6 +28,10 @@ compares runs at equal sample budgets: `--at-env-steps N` adds a column "eval at
 made within N env steps (success rate on manipulation tasks), and `--reach R` a column "env steps to eval R", the
 env steps reached before the first evaluation at or above R; a run that never reached R counts as "not reached"
 (the cell then lists each run's value, without a mean).
+
+An evaluations CSV (written by --evals-csv, such as those under docs/) may stand for its runs beside run dirs,
+labelled as in it unless --labels says otherwise: their figures come from their evaluations alone (env steps and
+wall time of the last one; no rollout speed, so that column is left out).
 """
 
 import argparse
@@ -41,10 +45,12 @@ from omegaconf import OmegaConf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dppo.sweep import (  # noqa: E402
+    CSV_RUN,
     EVAL_COLUMNS,
     config_label,
+    evals_csv_runs,
     is_sweep_dir,
-    read_metrics,
+    run_rows,
     run_summary,
     saved_config,
     success_key,
@@ -89,9 +95,9 @@ def d4rl_score(episode_return: float, references: tuple[float, float]) -> float:
 
 def finetuning_summary(run: str) -> dict:
     """The COLUMNS of one fine-tuning run, and its SUCCESS_COLUMNS when it logs a success rate."""
-    rows = read_metrics(run)
+    rows = run_rows(run)
     summary = run_summary(rows)
-    if any(summary[column] is None for column in COLUMNS):
+    if any(summary[column] is None for column in COLUMNS[:-1]):  # an evaluations CSV has no rollout speed
         raise SystemExit(f"{run} has no evaluation or no training row yet: summarize finished fine-tuning runs.")
     key = success_key(rows)
     if key is not None:
@@ -104,7 +110,7 @@ def budget_figures(run: str, at_env_steps: list[int], reach: list[float]) -> dic
     """The run's last evaluation within each budget of `at_env_steps` (None: none within it) and the env steps
     reached before its first evaluation >= each target of `reach` (None: never); on the success rate when the run
     logs one."""
-    rows = read_metrics(run)
+    rows = run_rows(run)
     key = success_key(rows) or "eval/episode_return"
     env_steps = x_by_step(rows, "env_steps")
     evals = [(env_steps[row["step"]], row[key]) for row in rows if key in row]
@@ -124,10 +130,10 @@ def summary_table(runs: list[str], labels: list[str], at_env_steps: list[int] = 
     columns of `budget_figures` after the final eval."""
     references = [d4rl_references(run) for run in runs]
     summaries = [finetuning_summary(run) for run in runs]
-    columns = list(COLUMNS)
+    columns = [column for column in COLUMNS if all(summary[column] is not None for summary in summaries)]
     success = all(SUCCESS_COLUMNS[0] in summary for summary in summaries)
     if success:
-        columns = [*SUCCESS_COLUMNS, *COLUMNS[3:]]
+        columns = [*SUCCESS_COLUMNS, *columns[3:]]
     elif all(references):
         columns.insert(2, SCORE_COLUMN)
         for summary, reference in zip(summaries, references):
@@ -148,15 +154,24 @@ def summary_table(runs: list[str], labels: list[str], at_env_steps: list[int] = 
     return "\n".join(lines) + "\n"
 
 
+def run_seed(run: str):
+    """The seed of a run dir (its config.yaml) or of a run of an evaluations CSV (its seed column)."""
+    if CSV_RUN in run:
+        path, name = run.split(CSV_RUN, 1)
+        with open(path, newline="") as f:
+            return next((int(line["seed"]) for line in csv.DictReader(f) if line["run"] == name and line["seed"]), None)
+    return saved_config(run).get("seed")
+
+
 def write_evals_csv(runs: list[str], labels: list[str], path: str) -> None:
     """Every evaluation of every run, with the env steps and wall time reached before it, as a CSV."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(EVAL_COLUMNS)
         for run, label in zip(runs, labels):
-            rows = read_metrics(run)
+            rows = run_rows(run)
             env_steps, minutes = x_by_step(rows, "env_steps"), x_by_step(rows, "wall_time")
-            seed = saved_config(run).get("seed")
+            seed = run_seed(run)
             for row in rows:
                 if "eval/episode_return" in row:
                     writer.writerow([label, os.path.normpath(run), seed, row["step"], env_steps.get(row["step"]),
@@ -184,16 +199,24 @@ def main() -> None:
             print(f.read(), end="")
         print(f"wrote {md_path} and {csv_path}")
         return
-    labels = args.labels or [os.path.basename(os.path.normpath(run)) for run in args.runs]
-    if args.label_by is not None:
-        labels = [config_label(run, args.label_by) for run in args.runs]
-    if len(labels) != len(args.runs):
-        raise SystemExit(f"--labels needs one label per run ({len(args.runs)}), got {len(labels)}.")
     try:
-        table = summary_table(args.runs, labels, args.at_env_steps, args.reach)
+        runs, labels = [], []
+        for path in args.runs:  # an evaluations CSV stands for its runs, labelled as in it
+            csv_runs, csv_labels = evals_csv_runs(path) if path.endswith(".csv") else ([path], [None])
+            runs += csv_runs
+            labels += [label or os.path.basename(os.path.normpath(run)) for run, label in zip(csv_runs, csv_labels)]
+        if args.labels is not None:
+            labels = args.labels
+        if args.label_by is not None:
+            if any(CSV_RUN in run for run in runs):
+                raise SystemExit("--label-by reads the runs' config.yaml, which an evaluations CSV lacks: use --labels.")
+            labels = [config_label(run, args.label_by) for run in runs]
+        if len(labels) != len(runs):
+            raise SystemExit(f"--labels needs one label per run ({len(runs)}, a CSV's runs each), got {len(labels)}.")
+        table = summary_table(runs, labels, args.at_env_steps, args.reach)
         if args.evals_csv:
-            write_evals_csv(args.runs, labels, args.evals_csv)
-    except FileNotFoundError as error:
+            write_evals_csv(runs, labels, args.evals_csv)
+    except (FileNotFoundError, ValueError) as error:
         raise SystemExit(str(error))
     print(table, end="")
     if args.out:

@@ -177,6 +177,24 @@ def test_an_evals_csv_draws_the_evaluation_curves_its_run_dirs_drew(tmp_path):
                          ("wall time (min)", "B (n=1)", [0.0, 6.0], [30.0, 90.0])]
 
 
+def test_an_evals_csv_tabulates_as_its_run_dirs_did_but_the_rollout_speed(tmp_path):
+    """summarize.py on a committed evaluations CSV: each label's evaluation and budget figures are those of the run
+    dirs the CSV was written from; the rollout speed, which the CSV lacks, is left out."""
+    runs = [str(tmp_path / name) for name in ("a0", "a1", "b0")]
+    for run, scale, seed in zip(runs, (1.0, 2.0, 3.0), (0, 1, 0)):
+        rows = [{**row, "train/env_steps_per_s": 100.0} if "train/env_steps" in row else row for row in seed_rows(scale)]
+        write_run(run, rows, name="toy_ft", env_name="toy", seed=seed)
+    labels = ["A", "A", "B"]
+    write_evals_csv(runs, labels, str(tmp_path / "evals.csv"))
+    csv_runs, csv_labels = expand_runs([str(tmp_path / "evals.csv")])
+    from_csv = summary_table(csv_runs, csv_labels, at_env_steps=[500], reach=[40.0]).splitlines()
+    from_dirs = summary_table(runs, labels, at_env_steps=[500], reach=[40.0]).splitlines()
+    assert from_dirs[0].endswith("| wall time (min) | rollout env steps/s |")
+    assert [line.rsplit(" | ", 1)[0] + " |" for line in from_dirs if not line.startswith("|---")] == \
+        [line for line in from_csv if not line.startswith("|---")]
+    assert from_csv[2].startswith("| A | 2 | 15.0 ± 7.1 (10.0, 20.0) | 45.0 ± 21.2 (30.0, 60.0) |")
+
+
 def test_facets_draw_each_tasks_runs_in_its_own_panel_with_one_colour_per_label(tmp_path):
     runs, labels, facets = [], [], []
     for task, algorithm, scale in [("hopper", "DPPO", 1.0), ("hopper", "Gaussian", 2.0), ("walker2d", "DPPO", 3.0),
