@@ -172,9 +172,10 @@ def write_evals_csv(runs: list[str], labels: list[str], path: str) -> None:
             rows = run_rows(run)
             env_steps, minutes = x_by_step(rows, "env_steps"), x_by_step(rows, "wall_time")
             seed = run_seed(run)
+            run_name = run.split(CSV_RUN, 1)[1] if CSV_RUN in run else os.path.normpath(run)  # a CSV's run keeps its name
             for row in rows:
                 if "eval/episode_return" in row:
-                    writer.writerow([label, os.path.normpath(run), seed, row["step"], env_steps.get(row["step"]),
+                    writer.writerow([label, run_name, seed, row["step"], env_steps.get(row["step"]),
                                      minutes.get(row["step"]),
                                      row["eval/episode_return"], row.get("eval/episode_return_std"),
                                      row.get("eval/n_episodes")])

@@ -193,6 +193,9 @@ def test_an_evals_csv_tabulates_as_its_run_dirs_did_but_the_rollout_speed(tmp_pa
     assert [line.rsplit(" | ", 1)[0] + " |" for line in from_dirs if not line.startswith("|---")] == \
         [line for line in from_csv if not line.startswith("|---")]
     assert from_csv[2].startswith("| A | 2 | 15.0 ± 7.1 (10.0, 20.0) | 45.0 ± 21.2 (30.0, 60.0) |")
+    write_evals_csv(csv_runs, csv_labels, str(tmp_path / "again.csv"))  # the CSV's runs written again: the same CSV
+    with open(tmp_path / "evals.csv") as first, open(tmp_path / "again.csv") as again:
+        assert again.read() == first.read()
 
 
 def test_facets_draw_each_tasks_runs_in_its_own_panel_with_one_colour_per_label(tmp_path):
