@@ -52,8 +52,21 @@ def flat_fields(schema, prefix: str = "") -> list[tuple[str, dataclasses.Field]]
     return out
 
 
+MACHINE_RESOLVERS = ("${default_device:", "${default_precision:")  # values that depend on the machine that composes
+
+
+def written(cfg, key: str):
+    """The value at `key` as the config files write it, interpolations unresolved."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return OmegaConf.to_container(node, resolve=False).get(leaf)
+
+
 def shown(cfg, key: str) -> str:
-    """The value at `key` as YAML writes it, resolved."""
+    """The value at `key` as YAML writes it, resolved, but for a value the machine decides (device, precision),
+    shown as written, so that the reference is the same on every machine."""
+    if str(written(cfg, key)).startswith(MACHINE_RESOLVERS):
+        return f"`{written(cfg, key)}`"
     value = OmegaConf.select(cfg, key)
     if OmegaConf.is_config(value):
         value = OmegaConf.to_container(value, resolve=True)

@@ -109,6 +109,22 @@ def test_docs_settings_md_is_what_the_schemas_give():
         assert f.read() == settings_reference.reference(), "run python script/settings_reference.py"
 
 
+def test_docs_settings_md_is_the_same_on_machines_with_and_without_bf16(monkeypatch):
+    """The default precision depends on the machine (bf16 where it multiplies bf16 natively): the reference shows
+    the resolver, not this machine's answer, so CI on a host without avx512_bf16 finds the committed file."""
+    sys.path.insert(0, os.path.join(REPO, "script"))
+    import settings_reference
+
+    import dppo.precision
+
+    references = []
+    for native in (True, False):
+        monkeypatch.setattr(dppo.precision, "native_bf16", lambda device, native=native: native)
+        references.append(settings_reference.reference())
+    assert references[0] == references[1]
+    assert "| `precision` | one of fp32, bf16 | `${default_precision:${device}}` |" in references[0]
+
+
 def test_a_task_whose_env_does_not_get_its_max_episode_steps_is_refused():
     cfg = compose_config("ft_ppo_diffusion_mlp", ["~env.kwargs.max_episode_steps", "device=cpu"])
     with pytest.raises(ConfigError, match=r"max_episode_steps=1000 does not reach the env: the task file's env.kwargs"):
