@@ -12,6 +12,7 @@ calls it when the sweep ends, and `python script/summarize.py <sweep dir>` does 
 import csv
 import json
 import os
+import typing
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -95,17 +96,24 @@ EVAL_COLUMNS = ("label", "run", "seed", "iteration", "env steps", "wall time (mi
 CSV_RUN = "::"  # a run of an evaluations CSV, as script/plot.py and script/summarize.py name it: "<csv path>::<run>"
 
 
-def read_evals_csv(path: str) -> dict[str, tuple[str, list[dict]]]:
-    """The runs of an evaluations CSV: {run: (its label, metrics rows)}, each evaluation one row with the metrics
-    of a run dir's rows (`step`, `eval/episode_return`, `eval/episode_return_std`, and the env steps and wall
-    seconds reached, `train/env_steps`, `train/wall_time`), so that committed CSVs draw and tabulate as their runs
-    did."""
+class EvalsRun(typing.NamedTuple):
+    """One run of an evaluations CSV: its label and seed there, and its evaluations as metrics rows."""
+
+    label: str
+    seed: int | None
+    rows: list[dict]
+
+
+def read_evals_csv(path: str) -> dict[str, EvalsRun]:
+    """The runs of an evaluations CSV by their `run` column, each evaluation one row with the metrics of a run dir's
+    rows (`step`, `eval/episode_return`, `eval/episode_return_std`, and the env steps and wall seconds reached,
+    `train/env_steps`, `train/wall_time`), so that committed CSVs draw and tabulate as their runs did."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != EVAL_COLUMNS:
             raise ValueError(f"{path} is not an evaluations CSV of script/summarize.py --evals-csv: its columns are "
                              f"{reader.fieldnames}, expected {list(EVAL_COLUMNS)}.")
-        runs: dict[str, tuple[str, list[dict]]] = {}
+        runs: dict[str, EvalsRun] = {}
         for line in reader:
             row = {"step": int(line["iteration"]), "eval/episode_return": float(line["eval return"])}
             for column, key, scale in (("eval return std", "eval/episode_return_std", 1.0),
@@ -113,22 +121,34 @@ def read_evals_csv(path: str) -> dict[str, tuple[str, list[dict]]]:
                                        ("wall time (min)", "train/wall_time", SECONDS_PER_MINUTE)):
                 if line[column]:  # empty where the run logged none
                     row[key] = float(line[column]) * scale
-            runs.setdefault(line["run"], (line["label"], []))[1].append(row)
+            seed = int(line["seed"]) if line["seed"] else None
+            runs.setdefault(line["run"], EvalsRun(line["label"], seed, [])).rows.append(row)
     return runs
 
 
 def evals_csv_runs(path: str) -> tuple[list[str], list[str]]:
     """The runs of an evaluations CSV, named "<path>::<run>", and their labels in it."""
     runs = read_evals_csv(path)
-    return [f"{path}{CSV_RUN}{run}" for run in runs], [label for label, _ in runs.values()]
+    return [f"{path}{CSV_RUN}{run}" for run in runs], [run.label for run in runs.values()]
+
+
+def csv_run(run: str) -> EvalsRun | None:
+    """The evaluations of a run named "<csv path>::<run>"; None for a run dir."""
+    if CSV_RUN not in run:
+        return None
+    path, name = run.split(CSV_RUN, 1)
+    return read_evals_csv(path)[name]
+
+
+def run_name(run: str) -> str:
+    """How an evaluations CSV names a run: a CSV's run by its own name there, a run dir by its path."""
+    return run.split(CSV_RUN, 1)[1] if CSV_RUN in run else os.path.normpath(run)
 
 
 def run_rows(run: str) -> list[dict]:
     """The metrics rows of a run: its metrics.jsonl, or for "<csv path>::<run>" its evaluations in that CSV."""
-    if CSV_RUN in run:
-        path, name = run.split(CSV_RUN, 1)
-        return read_evals_csv(path)[name][1]
-    return read_metrics(run)
+    evals = csv_run(run)
+    return evals.rows if evals else read_metrics(run)
 
 
 def saved_config(run_dir: str) -> dict:

@@ -65,8 +65,9 @@ def written(cfg, key: str):
 def shown(cfg, key: str) -> str:
     """The value at `key` as YAML writes it, resolved, but for a value the machine decides (device, precision),
     shown as written, so that the reference is the same on every machine."""
-    if str(written(cfg, key)).startswith(MACHINE_RESOLVERS):
-        return f"`{written(cfg, key)}`"
+    as_written = written(cfg, key)
+    if str(as_written).startswith(MACHINE_RESOLVERS):
+        return f"`{as_written}`"
     value = OmegaConf.select(cfg, key)
     if OmegaConf.is_config(value):
         value = OmegaConf.to_container(value, resolve=True)

@@ -48,8 +48,10 @@ from dppo.sweep import (  # noqa: E402
     CSV_RUN,
     EVAL_COLUMNS,
     config_label,
+    csv_run,
     evals_csv_runs,
     is_sweep_dir,
+    run_name,
     run_rows,
     run_summary,
     saved_config,
@@ -62,6 +64,8 @@ COLUMNS = ("initial eval return", "final eval return", "best eval return", "env 
 SCORE_COLUMN = "final D4RL score"
 SUCCESS_COLUMNS = ("initial eval success", "final eval success", "best eval success")
 TASK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cfg", "task")
+
+
 def format_cell(values: list[float | None], digits: int = 1) -> str:
     """`mean`, or `mean +- std (v1, v2, ...)` over several runs (sample std, ddof 1), with `digits` decimals; where
     a run has no value (None: a budget figure it never reached) only the runs' values, with "not reached"."""
@@ -154,31 +158,27 @@ def summary_table(runs: list[str], labels: list[str], at_env_steps: list[int] = 
     return "\n".join(lines) + "\n"
 
 
-def run_seed(run: str):
+def run_seed(run: str) -> int | None:
     """The seed of a run dir (its config.yaml) or of a run of an evaluations CSV (its seed column)."""
-    if CSV_RUN in run:
-        path, name = run.split(CSV_RUN, 1)
-        with open(path, newline="") as f:
-            return next((int(line["seed"]) for line in csv.DictReader(f) if line["run"] == name and line["seed"]), None)
-    return saved_config(run).get("seed")
+    evals = csv_run(run)
+    return evals.seed if evals else saved_config(run).get("seed")
 
 
 def write_evals_csv(runs: list[str], labels: list[str], path: str) -> None:
-    """Every evaluation of every run, with the env steps and wall time reached before it, as a CSV."""
+    """Every evaluation of every run, with the env steps and wall time reached before it, as a CSV. Every run is
+    read before `path` is opened, so the CSV may replace one it was read from."""
+    lines = []
+    for run, label in zip(runs, labels):
+        rows = run_rows(run)
+        env_steps, minutes = x_by_step(rows, "env_steps"), x_by_step(rows, "wall_time")
+        seed = run_seed(run)
+        lines += [[label, run_name(run), seed, row["step"], env_steps.get(row["step"]), minutes.get(row["step"]),
+                   row["eval/episode_return"], row.get("eval/episode_return_std"), row.get("eval/n_episodes")]
+                  for row in rows if "eval/episode_return" in row]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(EVAL_COLUMNS)
-        for run, label in zip(runs, labels):
-            rows = run_rows(run)
-            env_steps, minutes = x_by_step(rows, "env_steps"), x_by_step(rows, "wall_time")
-            seed = run_seed(run)
-            run_name = run.split(CSV_RUN, 1)[1] if CSV_RUN in run else os.path.normpath(run)  # a CSV's run keeps its name
-            for row in rows:
-                if "eval/episode_return" in row:
-                    writer.writerow([label, run_name, seed, row["step"], env_steps.get(row["step"]),
-                                     minutes.get(row["step"]),
-                                     row["eval/episode_return"], row.get("eval/episode_return_std"),
-                                     row.get("eval/n_episodes")])
+        writer.writerows(lines)
 
 
 def main() -> None:

@@ -196,6 +196,9 @@ def test_an_evals_csv_tabulates_as_its_run_dirs_did_but_the_rollout_speed(tmp_pa
     write_evals_csv(csv_runs, csv_labels, str(tmp_path / "again.csv"))  # the CSV's runs written again: the same CSV
     with open(tmp_path / "evals.csv") as first, open(tmp_path / "again.csv") as again:
         assert again.read() == first.read()
+    write_evals_csv(csv_runs, csv_labels, str(tmp_path / "evals.csv"))  # onto the CSV its runs are read from
+    with open(tmp_path / "evals.csv") as rewritten, open(tmp_path / "again.csv") as again:
+        assert rewritten.read() == again.read()
 
 
 def test_facets_draw_each_tasks_runs_in_its_own_panel_with_one_colour_per_label(tmp_path):
