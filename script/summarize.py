@@ -97,9 +97,8 @@ def d4rl_score(episode_return: float, references: tuple[float, float]) -> float:
     return 100.0 * (episode_return - random_return) / (reference_return - random_return)
 
 
-def finetuning_summary(run: str) -> dict:
-    """The COLUMNS of one fine-tuning run, and its SUCCESS_COLUMNS when it logs a success rate."""
-    rows = run_rows(run)
+def finetuning_summary(run: str, rows: list[dict]) -> dict:
+    """The COLUMNS of one fine-tuning run (its `run_rows`), and its SUCCESS_COLUMNS when it logs a success rate."""
     summary = run_summary(rows)
     if any(summary[column] is None for column in COLUMNS[:-1]):  # an evaluations CSV has no rollout speed
         raise SystemExit(f"{run} has no evaluation or no training row yet: summarize finished fine-tuning runs.")
@@ -110,11 +109,10 @@ def finetuning_summary(run: str) -> dict:
     return summary
 
 
-def budget_figures(run: str, at_env_steps: list[int], reach: list[float]) -> dict:
-    """The run's last evaluation within each budget of `at_env_steps` (None: none within it) and the env steps
-    reached before its first evaluation >= each target of `reach` (None: never); on the success rate when the run
-    logs one."""
-    rows = run_rows(run)
+def budget_figures(rows: list[dict], at_env_steps: list[int], reach: list[float]) -> dict:
+    """A run's (its `run_rows`) last evaluation within each budget of `at_env_steps` (None: none within it) and the
+    env steps reached before its first evaluation >= each target of `reach` (None: never); on the success rate when
+    the run logs one."""
     key = success_key(rows) or "eval/episode_return"
     env_steps = x_by_step(rows, "env_steps")
     evals = [(env_steps[row["step"]], row[key]) for row in rows if key in row]
@@ -133,7 +131,8 @@ def summary_table(runs: list[str], labels: list[str], at_env_steps: list[int] = 
     success rate (2 decimals) instead of the return when every run logs one (manipulation tasks); the budget
     columns of `budget_figures` after the final eval."""
     references = [d4rl_references(run) for run in runs]
-    summaries = [finetuning_summary(run) for run in runs]
+    runs_rows = [run_rows(run) for run in runs]
+    summaries = [finetuning_summary(run, rows) for run, rows in zip(runs, runs_rows)]
     columns = [column for column in COLUMNS if all(summary[column] is not None for summary in summaries)]
     success = all(SUCCESS_COLUMNS[0] in summary for summary in summaries)
     if success:
@@ -142,8 +141,8 @@ def summary_table(runs: list[str], labels: list[str], at_env_steps: list[int] = 
         columns.insert(2, SCORE_COLUMN)
         for summary, reference in zip(summaries, references):
             summary[SCORE_COLUMN] = d4rl_score(summary["final eval return"], reference)
-    for run, summary in zip(runs, summaries):
-        summary.update(budget_figures(run, at_env_steps, reach))
+    for rows, summary in zip(runs_rows, summaries):
+        summary.update(budget_figures(rows, at_env_steps, reach))
     budget_columns = [key for key in summaries[0] if key.startswith(("eval at ", "env steps to "))]
     columns[2:2] = budget_columns
     groups: dict[str, list[dict]] = {}
