@@ -1,9 +1,11 @@
 """Every fix guarded: each mutation below undoes a fix or breaks a promise in a temporary copy of the repository,
 and the tests named beside it must fail there (pytest exit code 1: a test failed, not an error or no test).
 First the named tests run on an unmutated copy and must pass, so a failure under a mutation means the mutation.
+With --jobs N the mutations are dealt to N copies checked side by side, each pytest on cores / N torch threads.
 
-    python script/check_mutations.py              # every mutation (about 3 min on 2 cores)
+    python script/check_mutations.py              # every mutation, as many at once as there are cores
     python script/check_mutations.py --only 2 5   # some of them, by number
+    python script/check_mutations.py --jobs 1     # one at a time
     python script/check_mutations.py --table      # the markdown table docs/TESTING.md holds
 
 tests/test_mutations.py checks that every mutation still applies (its text is in its file once), that its tests
@@ -16,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,20 +161,22 @@ def mutated_text(mutation: Mutation, text: str) -> str:
     return text.replace(mutation.old, mutation.new)
 
 
-def run_tests(root: str, tests: tuple[str, ...]) -> int:
-    """pytest's exit code for `tests` run in the copy at `root` (its packages first on the path)."""
-    env = dict(os.environ, PYTHONPATH=root)
+def run_tests(root: str, tests: tuple[str, ...], threads: int) -> int:
+    """pytest's exit code for `tests` run in the copy at `root` (its packages first on the path) on `threads`
+    torch threads."""
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=root,
                           env=env, capture_output=True, text=True).returncode
 
 
-def check(mutations: list[tuple[int, Mutation]]) -> list[str]:
-    """Problems found: guarding tests that fail unmutated, mutations under which they pass."""
+def check_in_one_copy(mutations: list[tuple[int, Mutation]], threads: int) -> list[str]:
+    """Problems found in one copy of the repository: guarding tests that fail unmutated, mutations under which they
+    pass. The mutations are applied one at a time, each undone before the next."""
     problems = []
     with tempfile.TemporaryDirectory(prefix="dppo-mutations-") as root:
         copy_repository(root)
         baseline = tuple(sorted({test for _, mutation in mutations for test in mutation.tests}))
-        code = run_tests(root, baseline)
+        code = run_tests(root, baseline, threads)
         if code != 0:
             return [f"the guarding tests fail without any mutation (pytest exit {code}): {' '.join(baseline)}"]
         for number, mutation in mutations:
@@ -180,7 +185,7 @@ def check(mutations: list[tuple[int, Mutation]]) -> list[str]:
                 original = f.read()
             with open(path, "w") as f:
                 f.write(mutated_text(mutation, original))
-            code = run_tests(root, mutation.tests)
+            code = run_tests(root, mutation.tests, threads)
             with open(path, "w") as f:
                 f.write(original)
             verdict = "caught" if code == PYTEST_TESTS_FAILED else f"NOT caught (pytest exit {code})"
@@ -188,6 +193,15 @@ def check(mutations: list[tuple[int, Mutation]]) -> list[str]:
             if code != PYTEST_TESTS_FAILED:
                 problems.append(f"mutation {number} ({mutation.undone} in {mutation.path}): pytest exit {code}")
     return problems
+
+
+def check(mutations: list[tuple[int, Mutation]], jobs: int) -> list[str]:
+    """Problems found, the mutations dealt round-robin to `jobs` copies checked side by side."""
+    shares = [mutations[job::jobs] for job in range(jobs) if mutations[job::jobs]]
+    threads = max(1, (os.cpu_count() or 1) // len(shares))
+    with ThreadPoolExecutor(len(shares)) as pool:
+        return [problem for problems in pool.map(lambda share: check_in_one_copy(share, threads), shares)
+                for problem in problems]
 
 
 def table() -> str:
@@ -204,6 +218,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", type=int, nargs="+", help="mutation numbers (1-based) to check")
     parser.add_argument("--table", action="store_true", help="print the markdown table of docs/TESTING.md")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="copies of the repository checked side by side (default: one per core)")
     args = parser.parse_args()
     if args.table:
         print(table(), end="")
@@ -211,7 +227,7 @@ def main() -> None:
     numbered = list(enumerate(MUTATIONS, start=1))
     if args.only:
         numbered = [(number, mutation) for number, mutation in numbered if number in args.only]
-    problems = check(numbered)
+    problems = check(numbered, max(1, args.jobs))
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
