@@ -4,7 +4,9 @@ gymnasium, the Gaussian PPO config written for the original with this project's 
 original is present (DPPO_ORIGINAL), one short iteration of its agent and equal samples of both codes from the same
 weights and noise."""
 
+import argparse
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +20,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_DIR = os.path.join(REPO, "script", "reference")
 sys.path.insert(0, REFERENCE_DIR)
 
-from compare_original import original_rows, probe_difference, project_config, project_policy, summary_line  # noqa: E402
+from compare_original import (  # noqa: E402
+    bisect_rows,
+    original_rows,
+    probe_difference,
+    project_config,
+    project_policy,
+    summary_line,
+)
 from omegaconf import OmegaConf  # noqa: E402
 from original_env import LowdimNormalization, MultiStep, OldGymApi, SequentialVectorEnv  # noqa: E402
 from original_weights import PROBE_ATOL, PROBE_SEED, original_actor_state, original_gaussian_state  # noqa: E402
@@ -242,6 +251,32 @@ def test_summary_line_gives_evaluations_before_final_and_best_over_seeds():
     line = summary_line("project", [evaluated_run([100.0, 300.0, 200.0], 10.0), evaluated_run([120.0, 180.0, 400.0], 14.0)])
     assert line == ("| project | 2 | 110.0 ± 10.0 [100.0, 120.0] | 300.0 ± 100.0 [200.0, 400.0] | "
                     "350.0 ± 50.0 [300.0, 400.0] | 12.0 | 2.3 |")
+
+
+def write_project_run(path, n_train_itr: int, evaluated_last: bool) -> None:
+    os.makedirs(path)
+    rows = [{"step": 0, "eval/episode_return": 100.0}]
+    rows += [{"step": step, "train/rollout_time": 1.0, "train/update_time": 2.0, "train/q_loss": 0.5,
+              "train/v_loss": 0.25} for step in range(1, n_train_itr + 1)]
+    if evaluated_last:
+        rows.append({"step": n_train_itr, "eval/episode_return": 300.0})
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def test_a_bisecting_step_reads_this_projects_finished_runs_of_every_seed(tmp_path):
+    args = argparse.Namespace(algorithm="idql", task="hopper", n_train_itr=2)
+    for seed in (0, 1):
+        write_project_run(tmp_path / "project" / "idql_hopper" / f"seed{seed}", 2, evaluated_last=seed == 0)
+    name, runs_rows = bisect_rows(f"with_quirk={tmp_path}", args, [0])
+    assert name == "with_quirk" and len(runs_rows) == 1
+    assert [row.get("train/iteration_time") for row in runs_rows[0]] == [None, 3.0, 3.0, None]
+    assert runs_rows[0][1]["train/critic_loss"] == 0.75  # the sum the original logs
+    with pytest.raises(SystemExit, match=r"--also with_quirk: .*seed1 is not a finished run of 2 training iterations"):
+        bisect_rows(f"with_quirk={tmp_path}", args, [0, 1])
+    for spec in (str(tmp_path), f"with quirk={tmp_path}", "with_quirk="):
+        with pytest.raises(SystemExit, match="write NAME=RUNS"):
+            bisect_rows(spec, args, [0])
 
 
 # ---- with a checkout of the original ----------------------------------------------------------------------------

@@ -16,6 +16,10 @@ after every --val-freq), one process at a time on --threads torch threads, both 
 in float32. A finished run is skipped, so the same command continues an interrupted comparison (the original's run
 restarts from its beginning, this project's resumes).
 
+`report --also NAME=RUNS` draws more of this project's runs beside both codes, a bisecting step (something of the
+original's put back into this project): RUNS/project/<algorithm>_<task>/seed<k> for every seed of the comparison, in
+the figure and the table as NAME, their CSVs <out>/<algorithm>_<task>_NAME_seed<k>.csv.
+
 `report` writes, for every finished run, <out>/<algorithm>_<task>_<side>_seed<k>.csv: one row per training iteration
 completed (`step`; 0 = before training) in this project's metric names; over the seeds both codes finished, the figure
 <out>/<algorithm>_<task>.png (each metric against training iterations, mean and min-max over seeds per side) and the
@@ -35,6 +39,7 @@ mean over its steps.
 import argparse
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -132,6 +137,21 @@ def is_finished(side: str, path: str, n_train_itr: int) -> bool:
         return False
     rows = original_rows(path) if side == "original" else read_metrics(path)
     return any(row["step"] == n_train_itr and "eval/episode_return" in row for row in rows)
+
+
+def bisect_rows(spec: str, args: argparse.Namespace, seeds: list[int]) -> tuple[str, list[list[dict]]]:
+    """--also NAME=RUNS -> (NAME, the rows of RUNS/project/<algorithm>_<task>/seed<k> for each of `seeds`): this
+    project's runs of a bisecting step. Every seed's run must be finished."""
+    name, separator, runs = spec.partition("=")
+    if not separator or not runs or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise SystemExit(f"--also {spec}: write NAME=RUNS, NAME of letters, digits, '_', '.' and '-' (it names the "
+                         "CSVs), RUNS the directory holding project/<algorithm>_<task>/seed<k>.")
+    paths = [run_dir(runs, "project", args.algorithm, args.task, seed) for seed in seeds]
+    for path in paths:
+        if not is_finished("project", path, args.n_train_itr):
+            raise SystemExit(f"--also {name}: {path} is not a finished run of {args.n_train_itr} training iterations: "
+                             "finish it, or leave its seed out of --seeds.")
+    return name, [project_rows(path, args.algorithm) for path in paths]
 
 
 def write_rows(rows: list[dict], path: str) -> None:
@@ -258,6 +278,11 @@ def report(args: argparse.Namespace) -> None:
         print("no seed has finished runs of both codes: no figure or table", flush=True)
         return
     rows_by_side = {side: [rows_by_seed[side][seed] for seed in seeds] for side in SIDES}
+    for spec in args.also:
+        name, runs_rows = bisect_rows(spec, args, seeds)
+        for seed, rows in zip(seeds, runs_rows):
+            write_rows(rows, f"{prefix}_{name}_seed{seed}.csv")
+        rows_by_side[name] = runs_rows
     keys = [key for key in RETURN_KEYS + ALGORITHM_KEYS[args.algorithm] + list(TIME_KEYS.values())
             if all(any(key in row for rows in runs for row in rows) for runs in rows_by_side.values())]
     title = (f"{args.algorithm} on {args.task}, {args.n_envs} envs x {args.n_steps} chunk-steps per training "
@@ -298,6 +323,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=os.path.join(REPO, "docs", "orig_compare"), help="report directory")
     parser.add_argument("--probe-atol", type=float, default=PROBE_ATOL)
+    parser.add_argument("--also", nargs="+", default=[], metavar="NAME=RUNS",
+                        help="report: this project's runs of a bisecting step, drawn beside both codes as NAME")
     args = parser.parse_args(argv)
     run(args) if args.command == "run" else report(args)
 
