@@ -1,6 +1,7 @@
 """Promises the agents' updates keep about the collected steps, checked on real agents and rollouts: a cut step
 (worker restart, simulator failure) is never learned from, DAWR's TD(lambda) restarts at an episode start in the
-replay, and DQL's and IDQL's target critics follow their critics at the configured Polyak rate."""
+replay and its critic learns from all of it, and DQL's and IDQL's target critics follow their critics at the
+configured Polyak rate."""
 
 import copy
 import dataclasses
@@ -104,6 +105,30 @@ def test_dawr_td_lambda_restarts_at_an_episode_start_in_the_replay(pretrained, t
         returns_start, returns_end, returns_plain = (agent.td_lambda(d)[0] for d in (start, end, plain))
     torch.testing.assert_close(returns_start, returns_end, rtol=0, atol=0)
     assert not torch.equal(returns_start, returns_plain), "the start changes the returns before it"
+
+
+def test_dawr_critic_batches_reach_every_step_of_the_replay(pretrained, tmp_path):
+    """DAWR's critic learns from minibatches of the whole replay. The reference draws them from the first
+    (replay steps) rows of its (steps x envs) buffer, the oldest 1 / n_envs of it (README, "differs from the
+    reference code on purpose"): here, with each step's observations set to the step's index, the critic's training
+    batches hold steps of the replay's second half."""
+    agent = make_agent(AWRAgent, "ft_awr_diffusion_mlp", pretrained, tmp_path, ["train.n_critic_warmup_itr=0"])
+    rollout, _, _ = agent.collect_rollout(agent.reset_envs())
+    n_steps = rollout.n_steps
+    step_index = torch.arange(n_steps, dtype=torch.float32).view(n_steps, 1, 1, 1)
+    rollout = dataclasses.replace(rollout, obs={"state": step_index.expand_as(rollout.obs["state"]).clone()})
+    trained_on = []
+    forward = agent.critic.forward
+
+    def recording_forward(cond):
+        if torch.is_grad_enabled():  # a training batch (TD(lambda) evaluates V without gradients)
+            trained_on.append(cond["state"][:, 0, 0])
+        return forward(cond)
+
+    agent.critic.forward = recording_forward
+    agent.learn(rollout)
+    steps = torch.cat(trained_on)
+    assert len(trained_on) > 1 and steps.max() >= n_steps // 2, steps.unique()
 
 
 @pytest.mark.parametrize("agent_class,config_name,rate_key,target,source", [
