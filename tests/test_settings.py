@@ -58,6 +58,12 @@ BAD_SETTINGS = [  # (overrides, the one line's start)
     (["train.n_step=3"], "ConfigError: train.n_step is not a setting of this config: did you mean train.n_steps? "),
     (["policy=foo"], "ConfigError: In 'ft_ppo_diffusion_mlp': Could not find 'policy/foo'; Available options in "
                      "'policy': diffusion, flow, gaussian"),
+    # the table's rows that had one clear line already, kept so through script/run.py
+    (["precision=fp16"], "ConfigError: precision=fp16 is out of range: the update's precision"),
+    (["ft_denoising_steps=30"], "ConfigError: ft_denoising_steps=30 must be in 1..20 (the number of denoising steps)"),
+    (["task=nonexistent"], "Unknown task 'nonexistent': use one of "),
+    (["base_policy_path=/nonexistent/policy.pt"], "FileNotFoundError: Pre-trained policy /nonexistent/policy.pt not "
+                                                  "found: make it with `python script/run.py"),
 ]
 
 
