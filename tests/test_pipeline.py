@@ -350,11 +350,13 @@ def test_a_new_gymnasium_task_needs_only_its_task_file(tmp_path):
 
 
 @pytest.mark.parametrize("config_name", ["ft_dsrl_diffusion_mlp", "ft_dsrl_flow_mlp"])
-@pytest.mark.parametrize("task, mlp_dims, train_freq, init_rollout_steps, ddim_steps", [
-    ("hopper", [128, 128, 128], 2, 2001, 5),  # the reference's cfg/gym/dsrl_hopper.yaml
-    ("can", [2048, 2048, 2048], 1, 1501, 8),  # its cfg/robomimic/dsrl_can.yaml
+@pytest.mark.parametrize("task, mlp_dims, action_magnitude, train_freq, init_rollout_steps, ddim_steps", [
+    ("hopper", [128, 128, 128], 1.5, 2, 2001, 5),  # the reference's cfg/gym/dsrl_hopper.yaml
+    ("walker2d", [2048, 2048, 2048], 2.5, 2, 2001, 5),  # its cfg/gym/dsrl_walker.yaml
+    ("halfcheetah", [1024, 1024, 1024], 1.5, 2, 2001, 5),  # its cfg/gym/dsrl_halfcheetah.yaml
+    ("can", [2048, 2048, 2048], 1.5, 1, 1501, 8),  # its cfg/robomimic/dsrl_can.yaml
 ])
-def test_dsrl_presets_compose_with_the_reference_settings(config_name, task, mlp_dims, train_freq,
+def test_dsrl_presets_compose_with_the_reference_settings(config_name, task, mlp_dims, action_magnitude, train_freq,
                                                           init_rollout_steps, ddim_steps):
     cfg = compose_config(config_name, [f"task={task}"])
     validate_config(cfg)
@@ -362,7 +364,7 @@ def test_dsrl_presets_compose_with_the_reference_settings(config_name, task, mlp
     assert cfg.env.n_envs == 4 and cfg.train.gamma == 0.99  # DSRL's, not the task's DPPO settings
     assert cfg.critic.mlp_dims == cfg.noise_actor.mlp_dims == mlp_dims
     assert (cfg.train.train_freq, cfg.train.init_rollout_steps) == (train_freq, init_rollout_steps)
-    assert (cfg.train.utd, cfg.train.batch_size, cfg.train.action_magnitude) == (20, 256, 1.5)
+    assert (cfg.train.utd, cfg.train.batch_size, cfg.train.action_magnitude) == (20, 256, action_magnitude)
     if "_diffusion_" in config_name:
         assert cfg.model.use_ddim and cfg.model.ddim_steps == ddim_steps
     else:
