@@ -7,6 +7,7 @@
     python script/bench.py --tiny --algorithms dql,idql,awr   # tiny networks and envs: seconds (the tests run it)
     python script/bench.py --algorithms dsrl           # DSRL-NA's iteration, and DSRL-SAC's step beside SB3's SAC
     python script/bench.py --dsrl-tasks hopper,can     # DSRL's update cost per env step at each task's settings
+    python script/bench.py --no-dppo --dsrl-tasks walker2d   # the same without DPPO's figures and ratios
 
 Figures (docs/PERFORMANCE.md reads them):
 - sampling: median latency of `model.explore` (all K denoising steps, the K' fine-tuned ones kept) for 10, 40
@@ -628,7 +629,7 @@ def machine() -> dict:
 
 
 def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str, busy: int,
-              algorithms: list[str], dsrl_tasks: list[str] = ()) -> dict:
+              algorithms: list[str], dsrl_tasks: list[str] = (), dppo: bool = True) -> dict:
     mode = TINY if tiny else FULL
     if threads is not None:
         set_threads(threads)
@@ -636,25 +637,7 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
     for process in loaders:
         process.start()
     try:
-        with tempfile.TemporaryDirectory() as logdir:
-            cfg = compose_cfg(mode["overrides"] + [f"device={device}"] + overrides, logdir)
-            agent = ppo_module.PPOAgent(cfg)
-            try:
-                repeats = mode["repeats"]
-                results = {"sampling_seconds": {
-                    precision: bench_sampling(agent.model, mode["sampling_envs"], repeats, device, precision,
-                                              cfg.train.sampling_threads)
-                    for precision in PRECISIONS}}
-                results["update"] = bench_update(agent, mode["update_repeats"], device)
-                results["probes"] = bench_probes(agent, mode, device)
-                results["env"] = bench_env(agent, cfg.train.n_steps, device)
-                results["iteration"] = {}
-                for precision in PRECISIONS:
-                    with running_in(agent, precision):
-                        results["iteration"][precision] = bench_iteration(agent, device)
-                n_envs = cfg.env.n_envs
-            finally:
-                agent.venv.close()
+        results = bench_dppo(overrides, mode, tiny, device) if dppo else {}
         results["algorithms"] = {
             name: bench_algorithm(name, mode["algorithm_overrides"][name] if tiny else [], device)
             for name in algorithms}
@@ -667,12 +650,61 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
     finally:
         for process in loaders:
             process.terminate()
+    if dppo:
+        add_ratios_to_dppo(results)
+    return {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+        "allocator": loaded_allocator(),
+        "busy_processes": busy,
+        "device": device,
+        "bf16_native": native_bf16(device),
+        **results,
+    }
+
+
+def bench_dppo(overrides: list[str], mode: dict, tiny: bool, device: str) -> dict:
+    """DPPO's own figures on the config: sampling, update, probes, env only, whole iterations."""
+    with tempfile.TemporaryDirectory() as logdir:
+        cfg = compose_cfg(mode["overrides"] + [f"device={device}"] + overrides, logdir)
+        agent = ppo_module.PPOAgent(cfg)
+        try:
+            repeats = mode["repeats"]
+            results = {"sampling_seconds": {
+                precision: bench_sampling(agent.model, mode["sampling_envs"], repeats, device, precision,
+                                          cfg.train.sampling_threads)
+                for precision in PRECISIONS}}
+            results["update"] = bench_update(agent, mode["update_repeats"], device)
+            results["probes"] = bench_probes(agent, mode, device)
+            results["env"] = bench_env(agent, cfg.train.n_steps, device)
+            results["iteration"] = {}
+            for precision in PRECISIONS:
+                with running_in(agent, precision):
+                    results["iteration"][precision] = bench_iteration(agent, device)
+        finally:
+            agent.venv.close()
     for precision, iteration in results["iteration"].items():
-        sampling_only = cfg.train.n_steps * results["sampling_seconds"][precision][str(n_envs)]
+        sampling_only = cfg.train.n_steps * results["sampling_seconds"][precision][str(cfg.env.n_envs)]
         iteration["sampling_only_seconds"] = sampling_only
         iteration["rollout_vs_bound"] = iteration["rollout_seconds"] / max(results["env"]["seconds"], sampling_only)
     results["iteration"]["bf16_vs_fp32"] = (results["iteration"]["bf16"]["total_seconds"]
                                             / results["iteration"]["fp32"]["total_seconds"])
+    results["precision"] = cfg.precision
+    results["sampling_threads"] = cfg.train.sampling_threads
+    results["config"] = {"name": CONFIG_NAME, "tiny": tiny, "overrides": overrides, "n_envs": cfg.env.n_envs,
+                         "n_steps": cfg.train.n_steps, "batch_size": cfg.train.batch_size,
+                         "update_epochs": cfg.train.update_epochs, "denoising_steps": cfg.denoising_steps,
+                         "ft_denoising_steps": cfg.ft_denoising_steps,
+                         "grad_chunk_size": cfg.train.get("grad_chunk_size"),
+                         "overlap_rollout": cfg.env.get("overlap_rollout")}
+    return results
+
+
+def add_ratios_to_dppo(results: dict) -> None:
+    """Each other algorithm's time per env step over DPPO's whole iteration in the same precision."""
     for result in results["algorithms"].values():
         dppo = results["iteration"][result["precision"]]
         result["per_env_step_vs_dppo"] = result["seconds_per_env_step"] / dppo["seconds_per_env_step"]
@@ -684,26 +716,6 @@ def run_bench(overrides: list[str], tiny: bool, threads: int | None, device: str
         for variant in dsrl_module.VARIANTS:
             costs[variant]["update_per_env_step_vs_dppo"] = (costs[variant]["update_seconds_per_env_step"]
                                                              / dppo["seconds_per_env_step"])
-    return {
-        "date": datetime.now().isoformat(timespec="seconds"),
-        "machine": machine(),
-        "threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
-        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
-        "allocator": loaded_allocator(),
-        "busy_processes": busy,
-        "device": device,
-        "bf16_native": native_bf16(device),
-        "precision": cfg.precision,
-        "sampling_threads": cfg.train.sampling_threads,
-        "config": {"name": CONFIG_NAME, "tiny": tiny, "overrides": overrides, "n_envs": n_envs,
-                   "n_steps": cfg.train.n_steps, "batch_size": cfg.train.batch_size,
-                   "update_epochs": cfg.train.update_epochs, "denoising_steps": cfg.denoising_steps,
-                   "ft_denoising_steps": cfg.ft_denoising_steps,
-                   "grad_chunk_size": cfg.train.get("grad_chunk_size"),
-                   "overlap_rollout": cfg.env.get("overlap_rollout")},
-        **results,
-    }
 
 
 def iteration_rows(label: str, iteration: dict) -> list[tuple[str, str]]:
@@ -716,11 +728,19 @@ def iteration_rows(label: str, iteration: dict) -> list[tuple[str, str]]:
 
 
 def table(report: dict) -> str:
-    update, env = report["update"], report["env"]
     rows = [("threads / busy processes / OMP_WAIT_POLICY / GOMP_SPINCOUNT / allocator",
              f"{report['threads']} / {report['busy_processes']} / {report['omp_wait_policy']} / "
-             f"{report['gomp_spincount']} / {report['allocator']}"),
-            ("precision of the config (bf16 native here)", f"{report['precision']} ({report['bf16_native']})"),
+             f"{report['gomp_spincount']} / {report['allocator']}")]
+    if "iteration" in report:
+        rows += dppo_rows(report)
+    rows += other_algorithm_rows(report)
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def dppo_rows(report: dict) -> list[tuple[str, str]]:
+    update, env = report["update"], report["env"]
+    rows = [("precision of the config (bf16 native here)", f"{report['precision']} ({report['bf16_native']})"),
             ("sampling threads", f"{report['sampling_threads']}")]
     for precision, sampling in report["sampling_seconds"].items():
         rows += [(f"sampling {precision}, {n} envs", f"{seconds * 1e3:.1f} ms") for n, seconds in sampling.items()]
@@ -753,15 +773,23 @@ def table(report: dict) -> str:
         rows += iteration_rows(f"iteration {precision}", iteration)
         rows.append(("  rollout / max(env only, sampling only)", f"{iteration['rollout_vs_bound']:.2f}"))
     rows.append(("iteration bf16 / fp32", f"{report['iteration']['bf16_vs_fp32']:.2f}"))
+    return rows
+
+
+def other_algorithm_rows(report: dict) -> list[tuple[str, str]]:
+    """The --algorithms and --dsrl-tasks figures, with their ratios to DPPO where DPPO was benched."""
+    rows = []
     for name, result in report["algorithms"].items():
         rows += iteration_rows(f"{name} iteration ({result['precision']}, {result['gradient_steps']} gradient steps)",
                                result)
-        rows.append((f"  {name} / DPPO, time per env step", f"{result['per_env_step_vs_dppo']:.2f}"))
+        if "per_env_step_vs_dppo" in result:
+            rows.append((f"  {name} / DPPO, time per env step", f"{result['per_env_step_vs_dppo']:.2f}"))
         if "update_roofline" in result:
             roofline = result["update_roofline"]
+            versus_dppo = (f", {roofline['per_env_step_vs_dppo']:.2f}x DPPO's whole iteration per env step"
+                           if "per_env_step_vs_dppo" in roofline else "")
             rows.append((f"  {name} update's matmul roofline alone", f"{roofline['seconds']:.2f} s "
-                         f"({roofline['seconds_per_gradient_step'] * 1e3:.1f} ms per gradient step), "
-                         f"{roofline['per_env_step_vs_dppo']:.2f}x DPPO's whole iteration per env step"))
+                         f"({roofline['seconds_per_gradient_step'] * 1e3:.1f} ms per gradient step){versus_dppo}"))
         rows.append((f"  {name} time per gradient step", f"{result['seconds_per_gradient_step'] * 1e3:.2f} ms"))
     if "dsrl_sac_step" in report:
         step = report["dsrl_sac_step"]
@@ -777,12 +805,12 @@ def table(report: dict) -> str:
                               for name, step in figures.items() if isinstance(step, dict))
             rows.append((f"DSRL-{variant.upper()} on {costs['task']} ({config['mlp_dims']}, {config['precision']})",
                          steps))
-            rows.append(("  update per env step, its roofline, / DPPO's whole iteration",
+            versus_dppo = (f", {figures['update_per_env_step_vs_dppo']:.1f}x DPPO's whole iteration"
+                           if "update_per_env_step_vs_dppo" in figures else "")
+            rows.append(("  update per env step, its roofline",
                          f"{figures['update_seconds_per_env_step'] * 1e3:.2f} ms, "
-                         f"{figures['roofline_seconds_per_env_step'] * 1e3:.2f} ms, "
-                         f"{figures['update_per_env_step_vs_dppo']:.1f}x"))
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+                         f"{figures['roofline_seconds_per_env_step'] * 1e3:.2f} ms{versus_dppo}"))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -795,6 +823,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                           f"{','.join(ALGORITHM_CONFIGS)}")
     parser.add_argument("--dsrl-tasks", default="", help="also DSRL's update cost per gradient step and per env "
                                                           "step at these tasks' DSRL settings, e.g. hopper,can")
+    parser.add_argument("--no-dppo", action="store_true", help="leave out DPPO's own figures (minutes at full "
+                                                                   "size): only --algorithms and --dsrl-tasks, "
+                                                                   "without their ratios to DPPO")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("overrides", nargs="*", help=f"Hydra overrides of {CONFIG_NAME}")
     args = parser.parse_args(argv)
@@ -803,7 +834,7 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         parser.error(f"--algorithms: unknown {sorted(unknown)}; use some of {','.join(ALGORITHM_CONFIGS)}.")
     report = run_bench(args.overrides, args.tiny, args.threads, args.device, args.busy, algorithms,
-                       [task for task in args.dsrl_tasks.split(",") if task])
+                       [task for task in args.dsrl_tasks.split(",") if task], dppo=not args.no_dppo)
     print(table(report))
     if args.json:
         with open(args.json, "w") as f:

@@ -167,6 +167,19 @@ def test_bench_tiny_mode_reports_every_figure(tmp_path):
     assert "update_roofline" not in report["algorithms"]["awr"]  # AWR draws no replay_sample batches
 
 
+def test_bench_without_dppo_gives_the_other_figures_and_no_ratio_to_dppo(capsys):
+    """--no-dppo: DPPO's figures are not measured; the DSRL costs and an algorithm's iteration are, and their
+    table has no row that divides by DPPO."""
+    report = bench.main(["--tiny", "--threads", "1", "--no-dppo", "--algorithms", "idql", "--dsrl-tasks", "hopper"])
+    assert not {"iteration", "update", "sampling_seconds", "env", "config"} & set(report)
+    (costs,) = report["dsrl_costs"]
+    assert costs["na"]["update_seconds_per_env_step"] > 0 and "update_per_env_step_vs_dppo" not in costs["na"]
+    assert report["algorithms"]["idql"]["seconds_per_env_step"] > 0
+    assert "per_env_step_vs_dppo" not in report["algorithms"]["idql"]
+    printed = capsys.readouterr().out
+    assert "DSRL-NA on hopper" in printed and "idql iteration" in printed and "DPPO" not in printed
+
+
 def test_matmul_recorder_counts_the_products_of_forward_and_backward():
     """A Linear layer's forward and backward are three products: (B x I)(I x O), the input gradient
     (B x O)(O x I) and the weight gradient (O x B)(B x I); under bf16 autocast in bfloat16; a batched product
