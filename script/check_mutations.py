@@ -105,7 +105,8 @@ MUTATIONS = (
     Mutation("A setting out of its range stops the run with one line", "agent/finetune/settings.py",
              'setting("discount per chunk-step", low=0, high=1)', 'setting("discount per chunk-step")',
              "gamma's range removed",
-             ("tests/test_settings.py::test_a_bad_setting_stops_the_run_with_one_line_before_anything_is_built",)),
+             ("tests/test_settings.py::test_a_bad_setting_stops_the_run_with_one_line_before_anything_is_built"
+              "[train.gamma=1.5]",)),
     Mutation("A key the composed policy ignores is dropped from the run's config", "dppo/config.py",
              "            with open_dict(cfg):\n                del cfg[key]\n", "", "kept",
              ("tests/test_settings.py::test_a_preset_key_the_policy_ignores_is_dropped_from_the_composition",)),
