@@ -264,16 +264,18 @@ def write_project_run(path, n_train_itr: int, evaluated_last: bool) -> None:
         f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
-def test_a_bisecting_step_reads_this_projects_finished_runs_of_every_seed(tmp_path):
+def test_a_bisecting_step_reads_this_projects_finished_runs_and_leaves_the_other_seeds_out(tmp_path, capsys):
     args = argparse.Namespace(algorithm="idql", task="hopper", n_train_itr=2)
     for seed in (0, 1):
         write_project_run(tmp_path / "project" / "idql_hopper" / f"seed{seed}", 2, evaluated_last=seed == 0)
-    name, runs_rows = bisect_rows(f"with_quirk={tmp_path}", args, [0])
-    assert name == "with_quirk" and len(runs_rows) == 1
-    assert [row.get("train/iteration_time") for row in runs_rows[0]] == [None, 3.0, 3.0, None]
-    assert runs_rows[0][1]["train/critic_loss"] == 0.75  # the sum the original logs
-    with pytest.raises(SystemExit, match=r"--also with_quirk: .*seed1 is not a finished run of 2 training iterations"):
-        bisect_rows(f"with_quirk={tmp_path}", args, [0, 1])
+    name, rows_by_seed = bisect_rows(f"with_quirk={tmp_path}", args, [0, 1, 2])  # seed 1 unfinished, seed 2 absent
+    assert name == "with_quirk" and list(rows_by_seed) == [0]
+    assert [row.get("train/iteration_time") for row in rows_by_seed[0]] == [None, 3.0, 3.0, None]
+    assert rows_by_seed[0][1]["train/critic_loss"] == 0.75  # the sum the original logs
+    said = capsys.readouterr().out
+    assert "seed1 is not a finished run of 2 training iterations: left out" in said and "seed2 is not" in said
+    with pytest.raises(SystemExit, match=r"--also with_quirk: no finished run of 2 training iterations for seeds 1, 2"):
+        bisect_rows(f"with_quirk={tmp_path}", args, [1, 2])
     for spec in (str(tmp_path), f"with quirk={tmp_path}", "with_quirk="):
         with pytest.raises(SystemExit, match="write NAME=RUNS"):
             bisect_rows(spec, args, [0])

@@ -139,19 +139,26 @@ def is_finished(side: str, path: str, n_train_itr: int) -> bool:
     return any(row["step"] == n_train_itr and "eval/episode_return" in row for row in rows)
 
 
-def bisect_rows(spec: str, args: argparse.Namespace, seeds: list[int]) -> tuple[str, list[list[dict]]]:
-    """--also NAME=RUNS -> (NAME, the rows of RUNS/project/<algorithm>_<task>/seed<k> for each of `seeds`): this
-    project's runs of a bisecting step. Every seed's run must be finished."""
+def bisect_rows(spec: str, args: argparse.Namespace, seeds: list[int]) -> tuple[str, dict[int, list[dict]]]:
+    """--also NAME=RUNS -> (NAME, {seed: the rows of RUNS/project/<algorithm>_<task>/seed<seed>}) for the seeds
+    among `seeds` whose run of this bisecting step is finished (a step may be run on fewer seeds than the
+    comparison; the others are left out and said so); none finished stops the report."""
     name, separator, runs = spec.partition("=")
     if not separator or not runs or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise SystemExit(f"--also {spec}: write NAME=RUNS, NAME of letters, digits, '_', '.' and '-' (it names the "
                          "CSVs), RUNS the directory holding project/<algorithm>_<task>/seed<k>.")
-    paths = [run_dir(runs, "project", args.algorithm, args.task, seed) for seed in seeds]
-    for path in paths:
-        if not is_finished("project", path, args.n_train_itr):
-            raise SystemExit(f"--also {name}: {path} is not a finished run of {args.n_train_itr} training iterations: "
-                             "finish it, or leave its seed out of --seeds.")
-    return name, [project_rows(path, args.algorithm) for path in paths]
+    rows_by_seed = {}
+    for seed in seeds:
+        path = run_dir(runs, "project", args.algorithm, args.task, seed)
+        if is_finished("project", path, args.n_train_itr):
+            rows_by_seed[seed] = project_rows(path, args.algorithm)
+        else:
+            print(f"--also {name}: {path} is not a finished run of {args.n_train_itr} training iterations: left out",
+                  flush=True)
+    if not rows_by_seed:
+        raise SystemExit(f"--also {name}: no finished run of {args.n_train_itr} training iterations for seeds "
+                         f"{', '.join(map(str, seeds))} under {runs}: finish one, or drop --also {name}.")
+    return name, rows_by_seed
 
 
 def write_rows(rows: list[dict], path: str) -> None:
@@ -279,10 +286,10 @@ def report(args: argparse.Namespace) -> None:
         return
     rows_by_side = {side: [rows_by_seed[side][seed] for seed in seeds] for side in SIDES}
     for spec in args.also:
-        name, runs_rows = bisect_rows(spec, args, seeds)
-        for seed, rows in zip(seeds, runs_rows):
+        name, bisect_rows_by_seed = bisect_rows(spec, args, seeds)
+        for seed, rows in bisect_rows_by_seed.items():
             write_rows(rows, f"{prefix}_{name}_seed{seed}.csv")
-        rows_by_side[name] = runs_rows
+        rows_by_side[name] = list(bisect_rows_by_seed.values())
     keys = [key for key in RETURN_KEYS + ALGORITHM_KEYS[args.algorithm] + list(TIME_KEYS.values())
             if all(any(key in row for rows in runs for row in rows) for runs in rows_by_side.values())]
     title = (f"{args.algorithm} on {args.task}, {args.n_envs} envs x {args.n_steps} chunk-steps per training "
