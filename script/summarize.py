@@ -25,9 +25,10 @@ return and its std over episodes).
     python script/summarize.py RUN [RUN ...] --labels ... --at-env-steps 150000 300000 --reach 2000
 
 compares runs at equal sample budgets: `--at-env-steps N` adds a column "eval at N env steps", the last evaluation
-made within N env steps (success rate on manipulation tasks), and `--reach R` a column "env steps to eval R", the
-env steps reached before the first evaluation at or above R; a run that never reached R counts as "not reached"
-(the cell then lists each run's value, without a mean).
+made within N env steps (success rate on manipulation tasks; "not reached" for a run that stopped before its next
+iteration would have passed N), and `--reach R` a column "env steps to eval R", the env steps reached before the
+first evaluation at or above R; a run that never reached R counts as "not reached" (the cell then lists each run's
+value, without a mean).
 
 An evaluations CSV (written by --evals-csv, such as those under docs/) may stand for its runs beside run dirs,
 labelled as in it unless --labels says otherwise: their figures come from their evaluations alone (env steps and
@@ -110,16 +111,18 @@ def finetuning_summary(run: str, rows: list[dict]) -> dict:
 
 
 def budget_figures(rows: list[dict], at_env_steps: list[int], reach: list[float]) -> dict:
-    """A run's (its `run_rows`) last evaluation within each budget of `at_env_steps` (None: none within it) and the
-    env steps reached before its first evaluation >= each target of `reach` (None: never); on the success rate when
-    the run logs one."""
+    """A run's (its `run_rows`) last evaluation within each budget of `at_env_steps` (None: the run stopped short of
+    the budget, its next iteration would not have passed it) and the env steps reached before its first evaluation
+    >= each target of `reach` (None: never); on the success rate when the run logs one."""
     key = success_key(rows) or "eval/episode_return"
     env_steps = x_by_step(rows, "env_steps")
     evals = [(env_steps[row["step"]], row[key]) for row in rows if key in row]
+    progress = sorted(env_steps.values())
+    next_iteration_ends = progress[-1] + (progress[-1] - progress[-2] if len(progress) > 1 else 0.0)
     figures = {}
     for budget in at_env_steps:
         within = [value for steps, value in evals if steps <= budget]
-        figures[f"eval at {budget:,} env steps"] = within[-1] if within else None
+        figures[f"eval at {budget:,} env steps"] = within[-1] if within and next_iteration_ends > budget else None
     for target in reach:
         reached = [steps for steps, value in evals if value >= target]
         figures[f"env steps to eval {target:,g}"] = reached[0] if reached else None

@@ -122,8 +122,9 @@ def test_summary_gives_the_d4rl_score_from_the_task_files_references(tmp_path):
 
 
 def test_summary_compares_runs_at_equal_env_steps_and_by_the_steps_to_reach_a_return(tmp_path):
-    """--at-env-steps: the last evaluation within the budget; --reach: the env steps before the first evaluation at
-    or above the target, "not reached" for a run that never got there."""
+    """--at-env-steps: the last evaluation within the budget, "not reached" for a run that stopped before its next
+    iteration would have passed the budget; --reach: the env steps before the first evaluation at or above the
+    target, "not reached" for a run that never got there."""
     def rows(evals):  # evals: [(env steps, return)], one iteration each
         out = [{"step": 0, "eval/episode_return": evals[0][1]}]
         for step, (env_steps, value) in enumerate(evals[1:], start=1):
@@ -133,16 +134,17 @@ def test_summary_compares_runs_at_equal_env_steps_and_by_the_steps_to_reach_a_re
 
     write_run(tmp_path / "fast", rows([(0, 100.0), (1000, 300.0), (2000, 250.0), (3000, 500.0)]))
     write_run(tmp_path / "slow", rows([(0, 120.0), (1500, 150.0), (2500, 280.0), (3500, 290.0)]))
-    table = summary_table([str(tmp_path / "fast"), str(tmp_path / "slow")], ["A", "A"], at_env_steps=[2000, 2400],
-                          reach=[280, 400])
+    table = summary_table([str(tmp_path / "fast"), str(tmp_path / "slow")], ["A", "A"],
+                          at_env_steps=[2000, 2400, 4200], reach=[280, 400])
     header, _, row = table.splitlines()
     cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
     assert cells["eval at 2,000 env steps"] == "200.0 ± 70.7 (250.0, 150.0)"  # 150 at 1,500: the last within 2,000
     assert cells["eval at 2,400 env steps"] == "200.0 ± 70.7 (250.0, 150.0)"
+    assert cells["eval at 4,200 env steps"] == "1 of 2: not reached, 290.0"  # fast stopped at 3,000 (next: 4,000)
     assert cells["env steps to eval 280"] == "1,750 ± 1,061 (1,000, 2,500)"
     assert cells["env steps to eval 400"] == "1 of 2: 3,000, not reached"
-    assert list(cells)[5:9] == ["eval at 2,000 env steps", "eval at 2,400 env steps", "env steps to eval 280",
-                                "env steps to eval 400"]
+    assert list(cells)[5:10] == ["eval at 2,000 env steps", "eval at 2,400 env steps", "eval at 4,200 env steps",
+                                 "env steps to eval 280", "env steps to eval 400"]
 
 
 def test_evals_csv_lists_every_evaluation_with_the_env_steps_and_minutes_reached(tmp_path):
